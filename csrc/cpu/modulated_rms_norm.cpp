@@ -1,0 +1,174 @@
+// C++ CPU kernels of modulated RMSNorm (math in csrc/cuda/modulated_rms_norm.cu's header comment).
+// Rows are split over threads with at::parallel_for; all arithmetic in fp32.
+#include "../modulated_rms_norm.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+namespace pairfree {
+namespace {
+
+template <typename T>
+void fwd_rows(const T* x, const T* residual, const T* gate, const T* weight, const T* shift, const T* scale, T* y,
+              T* x_sum, float* rstd, int64_t rows, int64_t dim, int64_t group, float eps) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t begin, int64_t end) {
+    std::vector<float> s(dim);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t m = row / group, o = row * dim, mo = m * dim;
+      float ss = 0.f;
+      for (int64_t j = 0; j < dim; ++j) {
+        float v = static_cast<float>(x[o + j]);
+        if (residual) {
+          if (gate) v *= static_cast<float>(gate[mo + j]);
+          const T stored = static_cast<T>(v + static_cast<float>(residual[o + j]));
+          x_sum[o + j] = stored;
+          v = static_cast<float>(stored);  // normalise what backward will see
+        }
+        s[j] = v;
+        ss += v * v;
+      }
+      const float r = 1.f / std::sqrt(ss / dim + eps);
+      rstd[row] = r;
+      for (int64_t j = 0; j < dim; ++j) {
+        float n = s[j] * r;
+        if (weight) n *= static_cast<float>(weight[j]);
+        y[o + j] = static_cast<T>(n * (1.f + static_cast<float>(scale[mo + j])) + static_cast<float>(shift[mo + j]));
+      }
+    }
+  });
+}
+
+// Program p = b * chunks + c owns rows [b*tokens + c*chunk, ...) and one row of each partial-sum buffer, so
+// results do not depend on thread scheduling.
+template <typename T>
+void bwd_rows(const T* dy, const T* dx_sum, const T* xn, const T* h, const T* weight, const T* scale, const T* gate,
+              const float* rstd, T* dx, T* dres, float* dw_part, float* dsh_part, float* dsc_part, float* dg_part,
+              T* dshift, T* dscale, T* dgate, int64_t batch, int64_t tokens, int64_t chunks, int64_t dim,
+              int64_t group) {
+  const int64_t chunk = (tokens + chunks - 1) / chunks;
+  const bool per_sample = group > 1;
+  at::parallel_for(0, batch * chunks, 1, [&](int64_t pbegin, int64_t pend) {
+    std::vector<float> g(dim), xhat(dim);
+    for (int64_t p = pbegin; p < pend; ++p) {
+      const int64_t b = p / chunks, c = p % chunks;
+      const int64_t start = b * tokens + c * chunk, end = std::min(start + chunk, (b + 1) * tokens);
+      float* a_dw = dw_part + p * dim;
+      for (int64_t row = start; row < end; ++row) {
+        const int64_t m = row / group, o = row * dim, mo = m * dim;
+        const float r = rstd[row];
+        float dot = 0.f;
+        for (int64_t j = 0; j < dim; ++j) {
+          const float w = weight ? static_cast<float>(weight[j]) : 1.f;
+          xhat[j] = static_cast<float>(xn[o + j]) * r;
+          g[j] = static_cast<float>(dy[o + j]) * (1.f + static_cast<float>(scale[mo + j]));
+          dot += g[j] * w * xhat[j];
+        }
+        dot /= dim;
+        for (int64_t j = 0; j < dim; ++j) {
+          const float w = weight ? static_cast<float>(weight[j]) : 1.f;
+          const float d = static_cast<float>(dy[o + j]);
+          float ds = r * (g[j] * w - xhat[j] * dot);
+          if (dx_sum) ds += static_cast<float>(dx_sum[o + j]);
+          a_dw[j] += g[j] * xhat[j];
+          float dg = 0.f;
+          if (h) {  // residual mode: s = residual + gate * h
+            dres[o + j] = static_cast<T>(ds);
+            dx[o + j] = static_cast<T>(gate ? static_cast<float>(gate[mo + j]) * ds : ds);
+            dg = static_cast<float>(h[o + j]) * ds;
+          } else {
+            dx[o + j] = static_cast<T>(ds);
+          }
+          if (per_sample) {
+            dsh_part[p * dim + j] += d;
+            dsc_part[p * dim + j] += d * xhat[j] * w;
+            if (dg_part) dg_part[p * dim + j] += dg;
+          } else {
+            dshift[o + j] = static_cast<T>(d);
+            dscale[o + j] = static_cast<T>(d * xhat[j] * w);
+            if (dgate) dgate[o + j] = static_cast<T>(dg);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
+  return t ? t->data_ptr<T>() : nullptr;
+}
+
+}  // namespace
+
+Tensors3 modulated_rms_norm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
+                                    const c10::optional<at::Tensor>& gate, const c10::optional<at::Tensor>& weight,
+                                    const at::Tensor& shift, const at::Tensor& scale, int64_t group, double eps) {
+  check_modulated_rms_norm_args(x, residual, gate, weight, shift, scale, group);
+  const int64_t rows = x.size(0), dim = x.size(1);
+  auto y = at::empty_like(x);
+  auto x_sum = residual ? at::empty_like(x) : at::empty({0}, x.options());
+  auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "modulated_rms_norm_fwd_cpu", [&] {
+    fwd_rows<scalar_t>(x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), ptr_or_null<scalar_t>(gate),
+                       ptr_or_null<scalar_t>(weight), shift.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
+                       y.data_ptr<scalar_t>(), residual ? x_sum.data_ptr<scalar_t>() : nullptr,
+                       rstd.data_ptr<float>(), rows, dim, group, static_cast<float>(eps));
+  });
+  return {y, x_sum, rstd};
+}
+
+Tensors6 modulated_rms_norm_bwd_cpu(const at::Tensor& dy, const c10::optional<at::Tensor>& dx_sum,
+                                    const at::Tensor& x_normed, const c10::optional<at::Tensor>& h,
+                                    const c10::optional<at::Tensor>& weight, const at::Tensor& scale,
+                                    const c10::optional<at::Tensor>& gate, const at::Tensor& rstd, int64_t batch,
+                                    int64_t group) {
+  check_modulated_rms_norm_args(x_normed, h, gate, weight, scale, scale, group);
+  TORCH_CHECK(dy.sizes() == x_normed.sizes() && dy.is_contiguous() && dy.scalar_type() == x_normed.scalar_type(),
+              "modulated_rms_norm backward: dy must be a contiguous ", x_normed.scalar_type(), " tensor of shape ",
+              x_normed.sizes());
+  const int64_t rows = x_normed.size(0), dim = x_normed.size(1);
+  TORCH_CHECK(batch >= 1 && rows % batch == 0, "modulated_rms_norm backward: batch=", batch, " does not divide rows=", rows);
+  const int64_t tokens = rows / batch;
+  const bool per_sample = group > 1;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tokens, (2 * at::get_num_threads() + batch - 1) / batch));
+  const int64_t programs = batch * chunks;
+  auto f32 = x_normed.options().dtype(at::kFloat);
+  auto empty = [&] { return at::empty({0}, x_normed.options()); };  // distinct tensors: outputs must not alias
+  auto dx = at::empty_like(x_normed);
+  auto dres = h ? at::empty_like(x_normed) : empty();
+  auto dw_part = at::zeros({programs, dim}, f32);
+  at::Tensor dsh_part, dsc_part, dg_part, dshift, dscale, dgate;
+  if (per_sample) {
+    dsh_part = at::zeros({programs, dim}, f32);
+    dsc_part = at::zeros({programs, dim}, f32);
+    if (gate) dg_part = at::zeros({programs, dim}, f32);
+  } else {
+    dshift = at::empty_like(scale);
+    dscale = at::empty_like(scale);
+    if (gate) dgate = at::empty_like(scale);
+  }
+  auto fptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "modulated_rms_norm_bwd_cpu", [&] {
+    auto tptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    bwd_rows<scalar_t>(dy.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dx_sum), x_normed.data_ptr<scalar_t>(),
+                       ptr_or_null<scalar_t>(h), ptr_or_null<scalar_t>(weight), scale.data_ptr<scalar_t>(),
+                       ptr_or_null<scalar_t>(gate), rstd.data_ptr<float>(), dx.data_ptr<scalar_t>(),
+                       h ? dres.data_ptr<scalar_t>() : nullptr, dw_part.data_ptr<float>(), fptr(dsh_part),
+                       fptr(dsc_part), fptr(dg_part), tptr(dshift), tptr(dscale), tptr(dgate), batch, tokens,
+                       chunks, dim, group);
+  });
+  auto dtype = x_normed.scalar_type();
+  auto dw = weight ? dw_part.sum(0).to(dtype) : empty();
+  if (per_sample) {
+    dshift = dsh_part.view({batch, chunks, dim}).sum(1).to(dtype);
+    dscale = dsc_part.view({batch, chunks, dim}).sum(1).to(dtype);
+    dgate = gate ? dg_part.view({batch, chunks, dim}).sum(1).to(dtype) : empty();
+  } else if (!gate) {
+    dgate = empty();
+  }
+  return {dx, dres, dw, dshift, dscale, dgate};
+}
+
+}  // namespace pairfree
