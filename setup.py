@@ -41,14 +41,14 @@ def _extensions():
 
     rel = lambda p: str(p.relative_to(ROOT))
     sources = [rel(p) for p in sorted(CSRC.glob("*.cpp")) + sorted((CSRC / "cpu").glob("*.cpp"))]
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard comes from torch's BuildExtension
     if _want_cuda(torch, CUDA_HOME):
         sources += [rel(p) for p in sorted((CSRC / "cuda").glob("*.cpp")) + sorted((CSRC / "cuda").glob("*.cu"))]
         ext = CUDAExtension(
             "pairfree._C",
             sources,
             define_macros=[("PAIRFREE_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
             extra_link_args=["-fopenmp"],
         )
     else:

@@ -2,8 +2,8 @@
 #include "../modulated_rms_norm.h"
 #include "modulated_rms_norm.h"
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -35,7 +35,7 @@ Tensors3 modulated_rms_norm_fwd_cuda(const at::Tensor& x, const c10::optional<at
   auto y = at::empty_like(x);
   auto x_sum = residual ? at::empty_like(x) : at::empty({0}, x.options());
   auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "modulated_rms_norm_fwd_cuda", [&] {
     auto err = cuda::modulated_rms_norm_fwd(cptr<scalar_t>(x), cptr<scalar_t>(value_or_undefined(residual)),
                                             cptr<scalar_t>(value_or_undefined(gate)),
@@ -61,8 +61,10 @@ Tensors6 modulated_rms_norm_bwd_cuda(const at::Tensor& dy, const c10::optional<a
   TORCH_CHECK(batch >= 1 && rows % batch == 0, "modulated_rms_norm backward: batch=", batch, " does not divide rows=", rows);
   const int64_t tokens = rows / batch;
   const bool per_sample = group > 1;
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tokens, (4 * sms + batch - 1) / batch));
+  int sms = 0;
+  TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dy.get_device()) == cudaSuccess,
+              "modulated_rms_norm_bwd_cuda: cannot query the SM count");
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tokens, (4 * static_cast<int64_t>(sms) + batch - 1) / batch));
   const int64_t programs = batch * chunks;
   auto f32 = x_normed.options().dtype(at::kFloat);
   auto empty = [&] { return at::empty({0}, x_normed.options()); };  // distinct tensors: outputs must not alias
@@ -80,7 +82,7 @@ Tensors6 modulated_rms_norm_bwd_cuda(const at::Tensor& dy, const c10::optional<a
     dgate = gate ? at::empty_like(scale) : at::Tensor();
   }
   auto vptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "modulated_rms_norm_bwd_cuda", [&] {
     auto err = cuda::modulated_rms_norm_bwd(
         cptr<scalar_t>(dy), cptr<scalar_t>(value_or_undefined(dx_sum)), cptr<scalar_t>(x_normed),

@@ -64,14 +64,13 @@ def live_backends(device_type: str) -> dict[str, str | None]:
     no_ext = f"pairfree._C not importable ({extension_error()})"
     why: dict[str, str | None] = {"reference": None}
     if device_type == "cuda":
-        gpu = torch.cuda.is_available()
-        why["cuda"] = (
-            no_ext if ext is None else None if ext.with_cuda() else "pairfree._C was built without CUDA kernels"
-        )
-        why["triton"] = None if triton_installed() and gpu else "triton not installed or no GPU"
+        no_gpu = None if torch.cuda.is_available() else "no CUDA device"
+        if ext is None:
+            why["cuda"] = no_ext
+        else:
+            why["cuda"] = no_gpu if ext.with_cuda() else "pairfree._C was built without CUDA kernels"
+        why["triton"] = no_gpu if triton_installed() else "triton not installed"
         why["cpp"] = "C++ kernels take CPU tensors only"
-        if not gpu:
-            why["cuda"] = "no CUDA device"
     else:
         why["cuda"] = "CUDA kernels take CUDA tensors only"
         why["triton"] = (
