@@ -54,8 +54,9 @@ def peak_memory_mb(fn, device: torch.device) -> float | None:
 def run_metadata(device: torch.device) -> dict:
     """Where and how the numbers were made."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except OSError:
         commit = ""
     if device.type == "cuda":

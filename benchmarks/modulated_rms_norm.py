@@ -64,9 +64,11 @@ def bench_one(fn, x, args, mode, device, repeats):
     elif mode == "backward":
         run = lambda: torch.autograd.grad(outs, inputs, cot, retain_graph=True)
     else:
+
         def run():
             o = forward()
             return torch.autograd.grad(o if isinstance(o, tuple) else (o,), inputs, cot)
+
     with torch.no_grad() if mode == "forward" else torch.enable_grad():
         t = measure_ms(run, device=device, repeats=repeats)
         mem = peak_memory_mb(run, device)
@@ -97,9 +99,16 @@ def main(argv=None):
             for mode in MODES:
                 for name, fn in provs.items():
                     t, mem = bench_one(fn, x, kw, mode, device, repeats)
-                    row = {"op": "modulated_rms_norm" + ("+residual" if fused else ""), "provider": name,
-                           "mode": mode, "size": f"{b}x{n}x{d}", "dtype": str(dtype)[6:],
-                           "median_ms": t["median"], "p20_ms": t["p20"], "p80_ms": t["p80"]}
+                    row = {
+                        "op": "modulated_rms_norm" + ("+residual" if fused else ""),
+                        "provider": name,
+                        "mode": mode,
+                        "size": f"{b}x{n}x{d}",
+                        "dtype": str(dtype)[6:],
+                        "median_ms": t["median"],
+                        "p20_ms": t["p20"],
+                        "p80_ms": t["p80"],
+                    }
                     if mode == "forward":
                         row["GB/s"] = fwd_bytes / (t["median"] * 1e-3) / 1e9
                     if mem is not None:

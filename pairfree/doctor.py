@@ -54,7 +54,13 @@ def collect() -> dict:
     if gpu:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            gpus.append({"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}"})
+            gpus.append(
+                {
+                    "name": p.name,
+                    "memory_gib": round(p.total_memory / 2**30, 1),
+                    "capability": f"{p.major}.{p.minor}",
+                }
+            )
     warnings = []
     for name, minimum, why in KNOWN_BAD:
         if versions.get(name) and _older(versions[name], minimum):
@@ -63,7 +69,11 @@ def collect() -> dict:
         warnings.append("deepspeed not installed: distributed training (deepspeed launcher) unavailable")
     err = dispatch.extension_error()
     if err is not None:
-        hint = " (built against another torch? reinstall: pip install --no-build-isolation -e .)" if "symbol" in err else ""
+        hint = (
+            " (built against another torch? reinstall: pip install --no-build-isolation -e .)"
+            if "symbol" in err
+            else ""
+        )
         warnings.append(f"pairfree._C not importable: {err}{hint}; ops use the PyTorch reference")
     if gpu and ext is not None and not ext.with_cuda():
         warnings.append("a GPU is present but pairfree._C has no CUDA kernels: reinstall where nvcc is on PATH")

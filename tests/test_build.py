@@ -20,8 +20,18 @@ def test_cuda_sources_exist():
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
 def test_cuda_source_compiles_with_nvcc(cu, tmp_path):
     """Plain kernels: nvcc compiles them with no torch include path, for Ampere and Hopper."""
-    cmd = ["nvcc", "-std=c++17", "-c", str(cu), "-o", str(tmp_path / "k.o"),
-           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+    cmd = [
+        "nvcc",
+        "-std=c++17",
+        "-c",
+        str(cu),
+        "-o",
+        str(tmp_path / "k.o"),
+        "-gencode",
+        "arch=compute_80,code=sm_80",
+        "-gencode",
+        "arch=compute_90,code=sm_90",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "k.o").stat().st_size > 0

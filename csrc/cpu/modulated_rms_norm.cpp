@@ -4,38 +4,67 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace pairfree {
 namespace {
 
+// Converts n values to fp32 (a missing tensor reads as `fill`). Inner loops below are branch-free so the
+// compiler vectorises them; reductions use `omp simd` so they vectorise without -ffast-math.
+template <typename T>
+inline void load_f32(const T* src, float* dst, int64_t n, float fill = 0.f) {
+  if (!src) {
+    std::fill(dst, dst + n, fill);
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+}
+
+template <typename T>
+inline void store(const float* src, T* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
+}
+
 template <typename T>
 void fwd_rows(const T* x, const T* residual, const T* gate, const T* weight, const T* shift, const T* scale, T* y,
               T* x_sum, float* rstd, int64_t rows, int64_t dim, int64_t group, float eps) {
+  std::vector<float> w(dim);
+  load_f32(weight, w.data(), dim, 1.f);
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t begin, int64_t end) {
-    std::vector<float> s(dim);
+    std::vector<float> s(dim), t(dim), sc(dim), sh(dim);
+    int64_t loaded = -1;  // modulation row currently in sc/sh/t(gate)
     for (int64_t row = begin; row < end; ++row) {
       const int64_t m = row / group, o = row * dim, mo = m * dim;
-      float ss = 0.f;
-      for (int64_t j = 0; j < dim; ++j) {
-        float v = static_cast<float>(x[o + j]);
-        if (residual) {
-          if (gate) v *= static_cast<float>(gate[mo + j]);
-          const T stored = static_cast<T>(v + static_cast<float>(residual[o + j]));
-          x_sum[o + j] = stored;
-          v = static_cast<float>(stored);  // normalise what backward will see
-        }
-        s[j] = v;
-        ss += v * v;
+      if (m != loaded) {
+        load_f32(scale + mo, sc.data(), dim);
+        load_f32(shift + mo, sh.data(), dim);
+        loaded = m;
       }
+      load_f32(x + o, s.data(), dim);
+      if (residual) {
+        if (gate) {
+          load_f32(gate + mo, t.data(), dim);
+#pragma omp simd
+          for (int64_t j = 0; j < dim; ++j) s[j] *= t[j];
+        }
+        load_f32(residual + o, t.data(), dim);
+#pragma omp simd
+        for (int64_t j = 0; j < dim; ++j) s[j] += t[j];
+        store(s.data(), x_sum + o, dim);
+        load_f32(x_sum + o, s.data(), dim);  // normalise what backward will see (rounded to T)
+      }
+      float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t j = 0; j < dim; ++j) ss += s[j] * s[j];
       const float r = 1.f / std::sqrt(ss / dim + eps);
       rstd[row] = r;
-      for (int64_t j = 0; j < dim; ++j) {
-        float n = s[j] * r;
-        if (weight) n *= static_cast<float>(weight[j]);
-        y[o + j] = static_cast<T>(n * (1.f + static_cast<float>(scale[mo + j])) + static_cast<float>(shift[mo + j]));
-      }
+#pragma omp simd
+      for (int64_t j = 0; j < dim; ++j) t[j] = s[j] * r * w[j] * (1.f + sc[j]) + sh[j];
+      store(t.data(), y + o, dim);
     }
   });
 }
@@ -49,46 +78,71 @@ void bwd_rows(const T* dy, const T* dx_sum, const T* xn, const T* h, const T* we
               int64_t group) {
   const int64_t chunk = (tokens + chunks - 1) / chunks;
   const bool per_sample = group > 1;
+  std::vector<float> w(dim);
+  load_f32(weight, w.data(), dim, 1.f);
   at::parallel_for(0, batch * chunks, 1, [&](int64_t pbegin, int64_t pend) {
-    std::vector<float> g(dim), xhat(dim);
+    std::vector<float> d(dim), xhat(dim), sc(dim), gt(dim), ds(dim), t(dim);
     for (int64_t p = pbegin; p < pend; ++p) {
       const int64_t b = p / chunks, c = p % chunks;
       const int64_t start = b * tokens + c * chunk, end = std::min(start + chunk, (b + 1) * tokens);
       float* a_dw = dw_part + p * dim;
+      int64_t loaded = -1;
       for (int64_t row = start; row < end; ++row) {
         const int64_t m = row / group, o = row * dim, mo = m * dim;
         const float r = rstd[row];
+        if (m != loaded) {
+          load_f32(scale + mo, sc.data(), dim);
+          load_f32(gate ? gate + mo : nullptr, gt.data(), dim, 1.f);
+          loaded = m;
+        }
+        load_f32(dy + o, d.data(), dim);
+        load_f32(xn + o, xhat.data(), dim);
         float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
         for (int64_t j = 0; j < dim; ++j) {
-          const float w = weight ? static_cast<float>(weight[j]) : 1.f;
-          xhat[j] = static_cast<float>(xn[o + j]) * r;
-          g[j] = static_cast<float>(dy[o + j]) * (1.f + static_cast<float>(scale[mo + j]));
-          dot += g[j] * w * xhat[j];
+          xhat[j] *= r;
+          const float g = d[j] * (1.f + sc[j]);
+          a_dw[j] += g * xhat[j];
+          dot += g * w[j] * xhat[j];
         }
         dot /= dim;
-        for (int64_t j = 0; j < dim; ++j) {
-          const float w = weight ? static_cast<float>(weight[j]) : 1.f;
-          const float d = static_cast<float>(dy[o + j]);
-          float ds = r * (g[j] * w - xhat[j] * dot);
-          if (dx_sum) ds += static_cast<float>(dx_sum[o + j]);
-          a_dw[j] += g[j] * xhat[j];
-          float dg = 0.f;
-          if (h) {  // residual mode: s = residual + gate * h
-            dres[o + j] = static_cast<T>(ds);
-            dx[o + j] = static_cast<T>(gate ? static_cast<float>(gate[mo + j]) * ds : ds);
-            dg = static_cast<float>(h[o + j]) * ds;
-          } else {
-            dx[o + j] = static_cast<T>(ds);
+#pragma omp simd
+        for (int64_t j = 0; j < dim; ++j) ds[j] = r * (d[j] * (1.f + sc[j]) * w[j] - xhat[j] * dot);
+        if (dx_sum) {
+          load_f32(dx_sum + o, t.data(), dim);
+#pragma omp simd
+          for (int64_t j = 0; j < dim; ++j) ds[j] += t[j];
+        }
+        if (h) {  // residual mode: s = residual + gate * h
+          store(ds.data(), dres + o, dim);
+#pragma omp simd
+          for (int64_t j = 0; j < dim; ++j) t[j] = gt[j] * ds[j];
+          store(t.data(), dx + o, dim);
+          load_f32(h + o, t.data(), dim);
+#pragma omp simd
+          for (int64_t j = 0; j < dim; ++j) t[j] *= ds[j];  // dgate contribution
+        } else {
+          store(ds.data(), dx + o, dim);
+        }
+        if (per_sample) {
+          float* a_sh = dsh_part + p * dim;
+          float* a_sc = dsc_part + p * dim;
+#pragma omp simd
+          for (int64_t j = 0; j < dim; ++j) {
+            a_sh[j] += d[j];
+            a_sc[j] += d[j] * xhat[j] * w[j];
           }
-          if (per_sample) {
-            dsh_part[p * dim + j] += d;
-            dsc_part[p * dim + j] += d * xhat[j] * w;
-            if (dg_part) dg_part[p * dim + j] += dg;
-          } else {
-            dshift[o + j] = static_cast<T>(d);
-            dscale[o + j] = static_cast<T>(d * xhat[j] * w);
-            if (dgate) dgate[o + j] = static_cast<T>(dg);
+          if (dg_part) {
+            float* a_g = dg_part + p * dim;
+#pragma omp simd
+            for (int64_t j = 0; j < dim; ++j) a_g[j] += t[j];
           }
+        } else {
+          if (dgate) store(t.data(), dgate + o, dim);
+          store(d.data(), dshift + o, dim);
+#pragma omp simd
+          for (int64_t j = 0; j < dim; ++j) t[j] = d[j] * xhat[j] * w[j];
+          store(t.data(), dscale + o, dim);
         }
       }
     }

@@ -7,7 +7,8 @@ Backends:
   ``reference`` plain PyTorch (always available; the ground truth the others are tested against)
 
 ``auto`` picks the first live backend in :data:`PREFERENCE` for the tensor's device. A backend named in
-the call wins; otherwise the environment can choose: ``PAIRFREE_BACKEND=reference`` for every op, or ``PAIRFREE_<OP>_BACKEND=cuda`` for one op.
+the call wins; otherwise the environment can choose: ``PAIRFREE_BACKEND=reference`` for every op, or
+``PAIRFREE_<OP>_BACKEND=cuda`` for one op.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PREFERENCE = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference
 OPS: dict[str, tuple[str, ...]] = {"modulated_rms_norm": BACKENDS}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def extension():
     """The compiled ``pairfree._C`` module, or ``None`` when it was not built (see :func:`extension_error`)."""
     try:
@@ -38,7 +39,7 @@ def extension():
     return _C
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def extension_error() -> str | None:
     """Why ``pairfree._C`` did not import, or ``None`` when it did."""
     try:
@@ -53,7 +54,7 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -98,8 +98,24 @@ def _check_inputs(x, weight, shift, scale, residual, gate) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _fwd_kernel(X, RES, GATE, W, SHIFT, SCALE, Y, XSUM, RSTD, D, GROUP, eps,
-                    HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr, HAS_W: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _fwd_kernel(
+        X,
+        RES,
+        GATE,
+        W,
+        SHIFT,
+        SCALE,
+        Y,
+        XSUM,
+        RSTD,
+        D,
+        GROUP,
+        eps,
+        HAS_RES: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        HAS_W: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         """One program per row: s = res + gate*x; y = s*rstd*w*(1+scale)+shift. X, Y, XSUM: (R, D)."""
         row = tl.program_id(0).to(tl.int64)
         mrow = row // GROUP
@@ -122,10 +138,32 @@ if triton is not None:
         tl.store(Y + row * D + cols, (n * (1.0 + scale) + shift).to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _bwd_kernel(DY, DXSUM, XN, H, W, SCALE, GATE, RSTD, DX, DRES, DW_PART, DSHIFT, DSCALE, DGATE,
-                    TOKENS, CHUNK, D, GROUP,
-                    HAS_RES: tl.constexpr, HAS_DXSUM: tl.constexpr, HAS_GATE: tl.constexpr, HAS_W: tl.constexpr,
-                    PER_SAMPLE: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _bwd_kernel(
+        DY,
+        DXSUM,
+        XN,
+        H,
+        W,
+        SCALE,
+        GATE,
+        RSTD,
+        DX,
+        DRES,
+        DW_PART,
+        DSHIFT,
+        DSCALE,
+        DGATE,
+        TOKENS,
+        CHUNK,
+        D,
+        GROUP,
+        HAS_RES: tl.constexpr,
+        HAS_DXSUM: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        HAS_W: tl.constexpr,
+        PER_SAMPLE: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         """Program (b, c) walks rows [b*TOKENS + c*CHUNK, ...) of sample b, accumulating dW (and, per-sample,
         dshift/dscale/dgate) in fp32 registers; one partial row per program, summed by the launcher.
         Per-token modulation gradients are written row by row into DSHIFT/DSCALE/DGATE instead."""
@@ -195,10 +233,23 @@ def triton_forward(x, residual, gate, weight, shift, scale, group: int, eps: flo
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
     if rows:
         _fwd_kernel[(rows,)](
-            x, residual if residual is not None else x, gate if gate is not None else x,
-            weight if weight is not None else x, shift, scale, y, x_sum, rstd, d, group, eps,
-            HAS_RES=residual is not None, HAS_GATE=gate is not None, HAS_W=weight is not None,
-            BLOCK_D=block_d, num_warps=_num_warps(block_d),
+            x,
+            residual if residual is not None else x,
+            gate if gate is not None else x,
+            weight if weight is not None else x,
+            shift,
+            scale,
+            y,
+            x_sum,
+            rstd,
+            d,
+            group,
+            eps,
+            HAS_RES=residual is not None,
+            HAS_GATE=gate is not None,
+            HAS_W=weight is not None,
+            BLOCK_D=block_d,
+            num_warps=_num_warps(block_d),
         )
     return y, x_sum, rstd
 
@@ -228,11 +279,29 @@ def triton_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch: i
     if rows:
         block_d = triton.next_power_of_2(d)
         _bwd_kernel[(batch, chunks)](
-            dy, dx_sum if dx_sum is not None else dy, x_normed, h if h is not None else dy,
-            weight if weight is not None else dy, scale, gate if gate is not None else dy, rstd,
-            dx, dres if h is not None else dx, dw_part, *dmods, tokens, math.ceil(tokens / chunks), d, group,
-            HAS_RES=h is not None, HAS_DXSUM=dx_sum is not None, HAS_GATE=gate is not None,
-            HAS_W=weight is not None, PER_SAMPLE=per_sample, BLOCK_D=block_d, num_warps=_num_warps(block_d),
+            dy,
+            dx_sum if dx_sum is not None else dy,
+            x_normed,
+            h if h is not None else dy,
+            weight if weight is not None else dy,
+            scale,
+            gate if gate is not None else dy,
+            rstd,
+            dx,
+            dres if h is not None else dx,
+            dw_part,
+            *dmods,
+            tokens,
+            math.ceil(tokens / chunks),
+            d,
+            group,
+            HAS_RES=h is not None,
+            HAS_DXSUM=dx_sum is not None,
+            HAS_GATE=gate is not None,
+            HAS_W=weight is not None,
+            PER_SAMPLE=per_sample,
+            BLOCK_D=block_d,
+            num_warps=_num_warps(block_d),
         )
     else:
         dw_part.zero_()
@@ -310,7 +379,12 @@ def _ext_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, eps, batch
     return dispatch.extension().modulated_rms_norm_bwd(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch, group)
 
 
-_FORWARD = {"reference": reference_forward, "triton": triton_forward, "cpp": _ext_forward, "cuda": _ext_forward}
+_FORWARD = {
+    "reference": reference_forward,
+    "triton": triton_forward,
+    "cpp": _ext_forward,
+    "cuda": _ext_forward,
+}
 _BACKWARD = {
     "reference": lambda dy, dxs, xn, h, w, sc, g, rstd, eps, batch, group: reference_backward(
         dy, dxs, xn, h, w, sc, g, eps, group
@@ -442,8 +516,15 @@ def modulated_rms_norm(
     group = max(1, math.prod(x.shape[1:-1])) if per_sample else 1
     flat = lambda t: None if t is None else t.to(x.dtype).reshape(-1, d).contiguous()
     y, s, _ = modulated_rms_norm_fwd(
-        flat(x), flat(residual), flat(gate), weight if weight is None else weight.to(x.dtype).contiguous(),
-        flat(shift), flat(scale), group, float(eps), backend,
+        flat(x),
+        flat(residual),
+        flat(gate),
+        weight if weight is None else weight.to(x.dtype).contiguous(),
+        flat(shift),
+        flat(scale),
+        group,
+        float(eps),
+        backend,
     )
     y = y.view(x.shape)
     return y if residual is None else (y, s.view(x.shape))

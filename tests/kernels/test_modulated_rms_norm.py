@@ -35,7 +35,9 @@ def _backend_params():
                     marks.append(pytest.mark.skip(reason="the Triton interpreter has no bf16"))
                 if device == "cuda":
                     marks.append(pytest.mark.gpu)
-                params.append(pytest.param(device, backend, dtype, marks=marks, id=f"{device}-{backend}-{str(dtype)[6:]}"))
+                params.append(
+                    pytest.param(device, backend, dtype, marks=marks, id=f"{device}-{backend}-{str(dtype)[6:]}")
+                )
     return params
 
 
@@ -58,7 +60,15 @@ def _run(fn, inputs, dtype, cotangents, **kw):
     """Output(s) and input gradients of ``fn`` on copies of ``inputs`` cast to ``dtype``."""
     leaves = {k: v.to(dtype).requires_grad_(True) for k, v in inputs.items() if v is not None}
     args = {k: leaves.get(k) for k in inputs}
-    out = fn(args["x"], args["weight"], args["shift"], args["scale"], residual=args["residual"], gate=args["gate"], **kw)
+    out = fn(
+        args["x"],
+        args["weight"],
+        args["shift"],
+        args["scale"],
+        residual=args["residual"],
+        gate=args["gate"],
+        **kw,
+    )
     outs = out if isinstance(out, tuple) else (out,)
     grads = torch.autograd.grad(outs, list(leaves.values()), [c.to(dtype) for c in cotangents])
     return [o.detach().double() for o in outs] + [g.double() for g in grads], ["y", "s"][: len(outs)] + [
@@ -80,7 +90,9 @@ def test_matches_reference(device, backend, dtype, shape, mode):
     for name, e, p, o in zip(names, exact, eager, ours):
         err_ours, err_eager = (o - e).abs().max().item(), (p - e).abs().max().item()
         bound = 2 * err_eager + ATOL[dtype] * max(1.0, e.abs().max().item())
-        print(f"{name}: ours {err_ours:.2e} (mean {(o - e).abs().mean():.2e}), eager {err_eager:.2e}, bound {bound:.2e}")
+        print(
+            f"{name}: ours {err_ours:.2e} (mean {(o - e).abs().mean():.2e}), eager {err_eager:.2e}, bound {bound:.2e}"
+        )
         assert o.shape == e.shape, name
         assert err_ours <= bound, f"{name}: error {err_ours:.3e} > bound {bound:.3e}"
 
@@ -93,9 +105,17 @@ def test_opcheck(backend):
     r, d, group = 12, 19, 4
     for residual in (None, torch.randn(r, d)):
         gate = torch.randn(r // group, d, requires_grad=True) if residual is not None else None
-        args = (torch.randn(r, d, requires_grad=True), residual, gate, torch.randn(d, requires_grad=True),
-                torch.randn(r // group, d, requires_grad=True), torch.randn(r // group, d, requires_grad=True),
-                group, 1e-6, backend)
+        args = (
+            torch.randn(r, d, requires_grad=True),
+            residual,
+            gate,
+            torch.randn(d, requires_grad=True),
+            torch.randn(r // group, d, requires_grad=True),
+            torch.randn(r // group, d, requires_grad=True),
+            group,
+            1e-6,
+            backend,
+        )
         torch.library.opcheck(torch.ops.pairfree.modulated_rms_norm_fwd.default, args)
 
 
