@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# GPU check, run from the repo root on a CUDA machine:
+#   OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
+# Builds pairfree._C with its CUDA kernels for the visible GPU, prints `pairfree doctor`, runs the test suite
+# (GPU parametrizations: Triton and CUDA backends in fp32/fp16/bf16), runs the kernel benchmarks, and ends with
+# a short table. Logs and raw JSON land in $OUT (at most 8 files).
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu_check_out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+cap=$($PY -c "import torch; a, b = torch.cuda.get_device_capability(); print(f'{a}.{b}')")
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$cap}
+start=$(date +%s)
+MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install -e . --no-deps --no-build-isolation >"$OUT/build.log" 2>&1
+build_rc=$?
+echo "build rc=$build_rc in $(( $(date +%s) - start )) s (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+[ $build_rc -eq 0 ] || tail -40 "$OUT/build.log"
+
+$PY -m pairfree.cli doctor | tee "$OUT/doctor.txt"
+
+$PY -m pytest tests -q -m "not slow" -p no:cacheprovider >"$OUT/tests.log" 2>&1
+tests_rc=$?
+gpu_cases=$(grep -c "cuda-" "$OUT/tests.log" || true)
+$PY -m pytest tests -q -m gpu -p no:cacheprovider --co 2>/dev/null | tail -1 >>"$OUT/tests.log"
+
+$PY benchmarks/modulated_rms_norm.py --out "$OUT" >"$OUT/bench_modulated_rms_norm.md" 2>&1
+bench_rc=$?
+
+echo
+echo "== summary =="
+echo "| step | result |"
+echo "|---|---|"
+echo "| build pairfree._C (CUDA) | rc=$build_rc |"
+echo "| tests (not slow) | rc=$tests_rc: $(grep -E '(passed|failed)' "$OUT/tests.log" | tail -1) |"
+echo "| benchmark | rc=$bench_rc |"
+echo
+grep -E "^\| op |^\|---|\| full \|" "$OUT/bench_modulated_rms_norm.md" || tail -20 "$OUT/bench_modulated_rms_norm.md"
+[ $tests_rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
+exit $(( build_rc || tests_rc || bench_rc ))

@@ -1,0 +1,56 @@
+"""The user-facing entry points run and say what they should: `pairfree doctor`, `pairfree demo`, benchmarks."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from pairfree.cli import main
+
+
+def test_doctor_reports_versions_backends_and_ops(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("torch", "deepspeed", "C++ CPU (pairfree._C)", "Triton interpreter", "modulated_rms_norm"):
+        assert expected in out
+    assert f"torch          {torch.__version__}" in out
+
+
+def test_doctor_json_and_known_bad_versions(monkeypatch, capsys):
+    from pairfree import doctor
+
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda n: "0.18.0" if n == "deepspeed" else real(n))
+    info = doctor.collect()
+    assert any("deepspeed 0.18.0 < 0.19.3" in w for w in info["warnings"])
+    assert main(["doctor", "--json"]) == 0
+    assert "backends" in json.loads(capsys.readouterr().out)
+
+
+def test_console_script_installed():
+    proc = subprocess.run([sys.executable, "-m", "pairfree.cli", "doctor"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "ops (backend chosen by 'auto')" in proc.stdout, proc.stderr
+
+
+def test_demo_writes_results(tmp_path):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "demo.json").read_text())
+    backends = {r["backend"] for r in result["accuracy"]}
+    assert {"reference", "cpp"} <= backends
+    fp32 = [r for r in result["accuracy"] if r["dtype"] == "float32"]
+    assert all(r["dx"] < 1e-3 for r in fp32)  # fp32 kernels agree with the fp64 reference
+    assert (tmp_path / "demo.md").read_text().startswith("| backend")
+
+
+def test_benchmark_quick_runs_every_provider(tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from benchmarks import modulated_rms_norm as bench
+
+    rows = bench.main(["--quick", "--out", str(tmp_path), "--repeats", "2"])
+    providers = {r["provider"] for r in rows}
+    assert {"eager", "pairfree-cpp"} <= providers
+    assert {r["mode"] for r in rows} == {"forward", "backward", "full"}
+    assert all(r["median_ms"] > 0 for r in rows)
+    saved = json.loads((tmp_path / "modulated_rms_norm_quick_cpu.json").read_text())
+    assert saved["meta"]["command"] and saved["meta"]["device"] and len(saved["rows"]) == len(rows)
