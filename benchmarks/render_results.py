@@ -1,6 +1,6 @@
 """Render benchmarks/RESULTS.md from the raw rows in benchmarks/results/*.json (never edit the tables by hand).
 
-    python benchmarks/render_results.py
+python benchmarks/render_results.py
 """
 
 from __future__ import annotations
