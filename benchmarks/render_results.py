@@ -33,9 +33,7 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
             continue
         data = json.loads(path.read_text())
         meta, rows = data["meta"], data["rows"]
-        cols = ["op", "size", "dtype", "mode", "provider", "median_ms", "GB/s"]
-        if any("peak_MiB" in r for r in rows):
-            cols.append("peak_MiB")
+        cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in ("p20_ms", "p80_ms")]
         parts.append(f"## {path.stem}\n")
         parts.append(
             f"Device: **{meta['device']}** · date {meta['date']} · torch {meta['torch']} · pairfree "

@@ -1,4 +1,4 @@
-"""The ``pairfree`` command: ``pairfree doctor``, ``pairfree demo``."""
+"""The ``pairfree`` command: ``pairfree doctor``, ``pairfree demo``, ``pairfree world sample``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ def _demo(args) -> int:
     return demo.run(out_dir=args.out, seed=args.seed)
 
 
+def _world_sample(args) -> int:
+    from pairfree.world.grid import save_scene_grid
+
+    path = save_scene_grid(args.out, n=args.n, resolution=args.resolution, seed=args.seed)
+    print(f"wrote {path} ({args.n} scenes at {args.resolution}x{args.resolution}) and {path.with_suffix('.json')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pairfree", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_demo)
+
+    p = sub.add_parser("world", help="the shapes world")
+    world = p.add_subparsers(dest="world_command", required=True)
+    p = world.add_parser("sample", help="render scenes with their captions into a PNG grid")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--out", default="runs/world/grid.png")
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_world_sample)
 
     args = parser.parse_args(argv)
     return args.fn(args)

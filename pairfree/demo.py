@@ -1,9 +1,9 @@
 """``pairfree demo``: the furthest real pipeline the package has today.
 
-Today that is the kernel core: the environment report, then modulated RMSNorm on every backend that can run
-here, checked against an fp64 reference (output and all gradients) at a DiT-sized shape, and timed against
-eager PyTorch. Results go to ``<out>/demo.json`` and ``<out>/demo.md``. (The shapes world and the trainer
-replace this as they land.)
+Today: the environment report; modulated RMSNorm on every backend that can run here, checked against an fp64
+reference (output and all gradients) at a DiT-sized shape and timed against eager PyTorch; and captioned grids
+of shapes-world scenes at 32² and 64². Results go to ``<out>/demo.json``, ``<out>/demo.md`` and
+``<out>/world_{32,64}.png``. (The trainer replaces this as it lands.)
 """
 
 from __future__ import annotations
@@ -83,7 +83,14 @@ def run(out_dir: str = "runs/demo", seed: int = 0) -> int:
         f"| speed-up {timings['eager'] / timings['pairfree']:.2f}x"
     )
 
+    # 3. the shapes world: scenes with captions at 32x32 and 64x64
+    from pairfree.world.grid import save_scene_grid
+
+    grids = [str(save_scene_grid(out / f"world_{r}.png", n=16, resolution=r, seed=seed)) for r in (32, 64)]
+    print(f"\n== shapes world: 16 scenes with captions -> {grids[0]}, {grids[1]} ==")
+
     result = {
+        "world_grids": grids,
         "accuracy": rows,
         "timing_ms": timings,
         "auto_backend": auto,

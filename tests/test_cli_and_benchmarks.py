@@ -41,6 +41,7 @@ def test_demo_writes_results(tmp_path):
     fp32 = [r for r in result["accuracy"] if r["dtype"] == "float32"]
     assert all(r["dx"] < 1e-3 for r in fp32)  # fp32 kernels agree with the fp64 reference
     assert (tmp_path / "demo.md").read_text().startswith("| backend")
+    assert all(__import__("pathlib").Path(p).exists() for p in result["world_grids"])
 
 
 def test_benchmark_quick_runs_every_provider(tmp_path):
@@ -54,3 +55,20 @@ def test_benchmark_quick_runs_every_provider(tmp_path):
     assert all(r["median_ms"] > 0 for r in rows)
     saved = json.loads((tmp_path / "modulated_rms_norm_quick_cpu.json").read_text())
     assert saved["meta"]["command"] and saved["meta"]["device"] and len(saved["rows"]) == len(rows)
+
+
+def test_world_sample_writes_grid(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["world", "sample", "--n", "5", "--out", str(out), "--resolution", "64", "--seed", "3"]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert len(meta["scenes"]) == 5 and len(meta["captions"]) == 5 and meta["resolution"] == 64
+
+
+def test_world_render_benchmark_quick(tmp_path):
+    from benchmarks import world_render
+
+    rows = world_render.main(["--quick", "--out", str(tmp_path)])
+    assert rows and all(r["images/s"] > 0 for r in rows)

@@ -1,0 +1,37 @@
+"""Contact sheets a person can look at: rendered scenes with their captions, saved as PNG."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from pairfree.world.captions import caption
+from pairfree.world.render import render
+from pairfree.world.scene import sample_scene
+
+
+def save_scene_grid(out: str | Path, n: int = 16, resolution: int = 32, seed: int = 0, cols: int = 4, tile: int = 160):
+    """Render scenes ``seed .. seed+n-1`` at ``resolution`` and save a captioned grid to ``out`` (PNG), plus
+    ``out`` with ``.json`` holding the scenes and captions. Returns the PNG path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scenes = [sample_scene(seed + i) for i in range(n)]
+    caps = [caption(s, seed + i) for i, s in enumerate(scenes)]
+    images, _ = render(scenes, resolution)
+    text_h = 64
+    rows = (n + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * tile, rows * (tile + text_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, cap) in enumerate(zip(images, caps)):
+        r, c = divmod(i, cols)
+        pil = Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).resize((tile, tile), Image.NEAREST)
+        x0, y0 = c * tile, r * (tile + text_h)
+        sheet.paste(pil, (x0, y0))
+        draw.multiline_text((x0 + 3, y0 + tile + 2), "\n".join(textwrap.wrap(cap, 30)[:5]), fill="black", spacing=1)
+    sheet.save(out)
+    meta = {"resolution": resolution, "seed": seed, "scenes": [s.to_dict() for s in scenes], "captions": caps}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    return out

@@ -1,0 +1,102 @@
+"""Shapes world: scenes are deterministic and validated, renders are deterministic with exact masks."""
+
+import json
+
+import pytest
+import torch
+
+from pairfree.world import COLORS, SHAPES, Obj, Scene, SceneError, caption, render, sample_scene
+from pairfree.world.scene import GRID, SIZES
+
+
+def test_same_seed_same_scene_and_bytes():
+    a, b = sample_scene(123), sample_scene(123)
+    assert a == b and a.to_json() == b.to_json()
+    ia, _ = render([a], 32)
+    ib, _ = render([b], 32)
+    assert torch.equal(ia, ib)
+    assert sample_scene(124) != a
+
+
+def test_json_round_trip():
+    for seed in range(20):
+        s = sample_scene(seed)
+        assert Scene.from_json(s.to_json()) == s
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(background="teal"), "scene.background: unknown value 'teal'; allowed: red"),
+        (lambda d: d["objects"][0].update(shape="hexagon"), "scene.objects[0].shape: unknown value 'hexagon'"),
+        (lambda d: d["objects"][0].update(row=3), "scene.objects[0].row: expected an integer in 0..2, got 3"),
+        (lambda d: d["objects"][0].pop("color"), "scene.objects[0]: missing field(s) ['color']"),
+        (lambda d: d.update(lighting="dim"), "scene: unknown field(s) ['lighting']"),
+        (lambda d: d["objects"].append(dict(d["objects"][0])), "is already taken"),
+    ],
+)
+def test_bad_scene_names_the_field(mutate, message):
+    d = sample_scene(7, min_objects=2).to_dict()
+    mutate(d)
+    with pytest.raises(
+        SceneError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")
+    ):
+        Scene.from_dict(d)
+
+
+def test_bad_json_text():
+    with pytest.raises(SceneError, match="scenes.json: not valid JSON"):
+        Scene.from_json("{", where="scenes.json")
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_masks_are_object_coverage(resolution):
+    """A lone object's mask covers its area; pixels outside every mask show the background colour exactly."""
+    scene = Scene("blue", "solid", (Obj("square", "red", "solid", "large", 1, 1),))
+    image, masks = render([scene], resolution)
+    m = masks[0, 0]
+    # square half-extent 0.85 * 0.155 of the canvas -> area (2 * 0.85 * 0.155)^2 of the canvas
+    expect = (2 * 0.85 * SIZES["large"]) ** 2 * resolution**2
+    assert abs(m.sum().item() - expect) < 0.05 * expect
+    outside = masks[0].sum(0) == 0
+    blue = torch.tensor(COLORS["blue"]) / 255
+    assert torch.allclose(image[0][:, outside], blue[:, None].expand(3, int(outside.sum())))
+    inside = m == 1
+    red = torch.tensor(COLORS["red"]) / 255
+    assert torch.allclose(image[0][:, inside], red[:, None].expand(3, int(inside.sum())))
+    assert masks[0, 1:].abs().sum() == 0
+
+
+def test_every_shape_renders_inside_its_cell():
+    for shape in SHAPES:
+        scene = Scene("white", "solid", (Obj(shape, "black", "solid", "large", 0, 2),))
+        _, masks = render([scene], 64)
+        m = masks[0, 0]
+        assert m.sum() > 20, shape
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        cell = 64 / GRID
+        assert ys.max() < cell and xs.min() >= 2 * cell, shape  # top-right cell only
+
+
+def test_batched_equals_single():
+    scenes = [sample_scene(s) for s in range(6)]
+    batch, bmasks = render(scenes, 32)
+    for i, sc in enumerate(scenes):
+        one, omasks = render([sc], 32)
+        assert torch.equal(batch[i], one[0]) and torch.equal(bmasks[i], omasks[0])
+
+
+def test_caption_mentions_every_object_and_background():
+    for seed in range(30):
+        sc = sample_scene(seed)
+        text = caption(sc, seed).lower()
+        assert sc.background in text
+        for o in sc.objects:
+            assert f"{o.color} {o.shape}" in text
+
+
+def test_objects_visible_against_background():
+    for seed in range(50):
+        sc = sample_scene(seed)
+        assert all(o.color != sc.background for o in sc.objects)
+        json.loads(sc.to_json())
