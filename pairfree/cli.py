@@ -1,4 +1,4 @@
-"""The ``pairfree`` command: ``pairfree doctor``, ``pairfree demo``, ``pairfree world sample``."""
+"""The ``pairfree`` command: ``doctor``, ``demo``, ``world sample|edits|bench``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,25 @@ def _world_sample(args) -> int:
     return 0
 
 
+def _world_edits(args) -> int:
+    from pairfree.world.grid import save_edit_grid
+
+    path = save_edit_grid(args.out, n=args.n, resolution=args.resolution, seed=args.seed, templates=args.templates)
+    print(f"wrote {path} ({args.n} edits: input | instruction | target | mask) and {path.with_suffix('.json')}")
+    return 0
+
+
+def _world_bench(args) -> int:
+    from pairfree.world.bench import save_bench
+
+    out = save_bench(args.out, n_per_type=args.n_per_type, seed=args.seed, resolution=args.resolution)
+    print(
+        f"wrote {out}/cases.jsonl, tensors.safetensors, manifest.json "
+        f"({args.n_per_type} cases x 8 edit types at {args.resolution}x{args.resolution}, held-out templates)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pairfree", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_world_sample)
+
+    p = world.add_parser("edits", help="edits per sub-type as rows: input | instruction | GT target | mask (PNG)")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--out", default="runs/world/edits.png")
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--templates", choices=("train", "heldout"), default="train")
+    p.set_defaults(fn=_world_edits)
+    p = world.add_parser("bench", help="write the fixed editing benchmark (inputs, instructions, GT, masks)")
+    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--n-per-type", type=int, default=50)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_world_bench)
 
     args = parser.parse_args(argv)
     return args.fn(args)

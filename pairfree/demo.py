@@ -3,7 +3,7 @@
 Today: the environment report; modulated RMSNorm on every backend that can run here, checked against an fp64
 reference (output and all gradients) at a DiT-sized shape and timed against eager PyTorch; and captioned grids
 of shapes-world scenes at 32² and 64². Results go to ``<out>/demo.json``, ``<out>/demo.md`` and
-``<out>/world_{32,64}.png``. (The trainer replaces this as it lands.)
+``<out>/world_{32,64}.png``, ``<out>/edits_64.png``. (The trainer replaces this as it lands.)
 """
 
 from __future__ import annotations
@@ -86,8 +86,12 @@ def run(out_dir: str = "runs/demo", seed: int = 0) -> int:
     # 3. the shapes world: scenes with captions at 32x32 and 64x64
     from pairfree.world.grid import save_scene_grid
 
+    from pairfree.world.grid import save_edit_grid
+
     grids = [str(save_scene_grid(out / f"world_{r}.png", n=16, resolution=r, seed=seed)) for r in (32, 64)]
     print(f"\n== shapes world: 16 scenes with captions -> {grids[0]}, {grids[1]} ==")
+    grids.append(str(save_edit_grid(out / "edits_64.png", n=16, resolution=64, seed=seed)))
+    print(f"== shapes world: 16 edits (input | instruction | ground truth | mask) -> {grids[-1]} ==")
 
     result = {
         "world_grids": grids,

@@ -6,17 +6,26 @@ import random
 
 from pairfree.world.scene import Obj, Scene
 
+TEXTURE_ADJ = {"solid": "plain", "stripes": "striped", "dots": "dotted", "checker": "checkered"}
 
-def describe(o: Obj, rng: random.Random | None = None) -> str:
-    """``a large striped red star`` (texture word omitted for solid, sometimes stated)."""
-    tex = {"solid": "", "stripes": "striped ", "dots": "dotted ", "checker": "checkered "}[o.texture]
+
+def describe(o: Obj) -> str:
+    """``a large striped red star`` (no texture word for solid objects)."""
+    tex = "" if o.texture == "solid" else TEXTURE_ADJ[o.texture] + " "
     return f"a {o.size} {tex}{o.color} {o.shape}"
 
 
 def _background(scene: Scene) -> str:
-    tex = {"solid": "plain", "stripes": "striped", "dots": "dotted", "checker": "checkered"}[scene.background_texture]
-    return f"a {tex} {scene.background} background"
+    return f"a {TEXTURE_ADJ[scene.background_texture]} {scene.background} background"
 
+
+STYLE_SUFFIX = {
+    "none": "",
+    "grayscale": ", in grayscale",
+    "invert": ", with inverted colors",
+    "pixelate": ", pixelated",
+    "outline": ", as an outline drawing",
+}
 
 TEMPLATES = (
     "{objects} on {background}.",
@@ -27,13 +36,18 @@ TEMPLATES = (
 
 
 def caption(scene: Scene, seed: int = 0) -> str:
-    """One caption of ``scene``; ``seed`` picks the phrasing deterministically."""
+    """One caption of ``scene`` (its style, if any, is stated last); ``seed`` picks the phrasing."""
     rng = random.Random(seed)
     objs = [describe(o) for o in scene.objects]
     placed = [f"{describe(o)} at the {o.position_name()}" for o in scene.objects]
     join = lambda xs: xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
     bg = _background(scene)
-    text = rng.choice(TEMPLATES).format(
-        objects=join(objs), objects_placed=join(placed), background=bg, background_cap=bg[0].upper() + bg[1:]
-    )
+    if not objs:  # e.g. after removing the only object
+        text = rng.choice(("{bg} with no objects.", "An empty picture: {bg}.")).format(bg=bg)
+    else:
+        text = rng.choice(TEMPLATES).format(
+            objects=join(objs), objects_placed=join(placed), background=bg, background_cap=bg[0].upper() + bg[1:]
+        )
+    if scene.style != "none":
+        text = text.rstrip(".") + STYLE_SUFFIX[scene.style] + "."
     return text[0].upper() + text[1:]

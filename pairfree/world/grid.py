@@ -35,3 +35,45 @@ def save_scene_grid(out: str | Path, n: int = 16, resolution: int = 32, seed: in
     meta = {"resolution": resolution, "seed": seed, "scenes": [s.to_dict() for s in scenes], "captions": caps}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return out
+
+
+def _tile(img, tile: int) -> Image.Image:
+    return Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).resize((tile, tile), Image.NEAREST)
+
+
+def save_edit_grid(
+    out: str | Path, n: int = 16, resolution: int = 32, seed: int = 0, templates: str = "train", tile: int = 128
+) -> Path:
+    """Save ``n`` edits (cycling through the sub-types) as rows of input | instruction | ground-truth target |
+    change mask to ``out`` (PNG), plus ``out`` with ``.json`` holding the edit records. Returns the PNG path."""
+    from pairfree.world.datasets import item_seed
+    from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    edits = [
+        sample_edit(item_seed(seed, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)], templates=templates)
+        for i in range(n)
+    ]
+    inputs, targets, masks = render_edits(edits, resolution)
+    text_w, pad = 220, 4
+    sheet = Image.new("RGB", (3 * tile + text_w + 5 * pad, n * (tile + pad) + 20), "white")
+    draw = ImageDraw.Draw(sheet)
+    for x, head in (
+        (pad, "input"),
+        (2 * pad + tile, "instruction"),
+        (3 * pad + tile + text_w, "target (GT)"),
+        (4 * pad + 2 * tile + text_w, "change mask"),
+    ):
+        draw.text((x, 4), head, fill="black")
+    for i, e in enumerate(edits):
+        y = 20 + i * (tile + pad)
+        sheet.paste(_tile(inputs[i], tile), (pad, y))
+        label = f"[{e.form}]\n" + "\n".join(textwrap.wrap(e.instruction, 34))
+        draw.multiline_text((2 * pad + tile, y + 4), label, fill="black", spacing=2)
+        sheet.paste(_tile(targets[i], tile), (3 * pad + tile + text_w, y))
+        sheet.paste(_tile(masks[i].expand(3, -1, -1), tile), (4 * pad + 2 * tile + text_w, y))
+    sheet.save(out)
+    meta = {"resolution": resolution, "seed": seed, "templates": templates, "edits": [e.to_dict() for e in edits]}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    return out

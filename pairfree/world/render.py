@@ -2,7 +2,7 @@
 
 Each pixel is supersampled ``ss × ss`` times; a shape is an inside-test in object-local coordinates
 (``[-1, 1]²`` = the object's box), so anti-aliasing is exact area coverage up to the supersampling. Renders come
-with per-object coverage masks.
+with per-object coverage masks. A scene's global style (grayscale, invert, pixelate, outline) is applied last.
 """
 
 from __future__ import annotations
@@ -12,47 +12,54 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pairfree.world.scene import COLORS, GRID, MAX_OBJECTS, SHAPES, SIZES, TEXTURES, Scene
+from pairfree.world.scene import COLORS, GRID, MAX_OBJECTS, SHAPES, SIZES, Scene
 
 _RGB = torch.tensor([COLORS[c] for c in COLORS], dtype=torch.float32) / 255.0
 _COLOR_INDEX = {c: i for i, c in enumerate(COLORS)}
 
 
-def _inside(shape: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Inside-tests of every shape at local coords ``u`` (right) and ``v`` (down), picked by ``shape`` (B,)."""
+def _inside(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inside-test of ``shape`` at local coords ``u`` (right) and ``v`` (down); the object's box is [-1, 1]²."""
     au, av, r2 = u.abs(), v.abs(), u * u + v * v
-    # star: fold the angle into one of 5 sectors; inside the edge from an outer tip (r=1) to an inner corner
-    theta = torch.atan2(v, u) + math.pi / 2  # tip pointing up
-    sector = 2 * math.pi / 5
-    phi = (torch.remainder(theta + sector / 2, sector) - sector / 2).abs()
-    r = r2.sqrt()
-    px, py = r * torch.cos(phi), r * torch.sin(phi)
-    bx, by = 0.45 * math.cos(sector / 2), 0.45 * math.sin(sector / 2)
-    star = (bx - 1) * py - by * (px - 1) >= 0
-    hx, hy = u * 1.2, -v * 1.2 + 0.15  # heart: (x² + y² - 1)³ ≤ x² y³, y up
-    heart = (hx * hx + hy * hy - 1) ** 3 <= hx * hx * hy**3
-    tests = {
-        "circle": r2 <= 1.0,
-        "square": torch.maximum(au, av) <= 0.85,
-        "triangle": (v <= 0.8) & (au <= (v + 0.95) * (0.95 / 1.75)),
-        "diamond": au + av <= 1.0,
-        "cross": ((au <= 0.32) & (av <= 0.95)) | ((av <= 0.32) & (au <= 0.95)),
-        "ring": (r2 <= 1.0) & (r2 >= 0.36),
-        "star": star,
-        "heart": heart,
-    }
-    stacked = torch.stack([tests[s] for s in SHAPES])  # (n_shapes, B, S, S)
-    return stacked[shape, torch.arange(shape.shape[0])]
+    if shape == "circle":
+        return r2 <= 1.0
+    if shape == "square":
+        return torch.maximum(au, av) <= 0.85
+    if shape == "triangle":
+        return (v <= 0.8) & (au <= (v + 0.95) * (0.95 / 1.75))
+    if shape == "diamond":
+        return au + av <= 1.0
+    if shape == "cross":
+        return ((au <= 0.32) & (av <= 0.95)) | ((av <= 0.32) & (au <= 0.95))
+    if shape == "ring":
+        return (r2 <= 1.0) & (r2 >= 0.36)
+    if shape == "star":  # fold the angle into one of 5 sectors; inside the edge from a tip (r=1) to a notch
+        sector = 2 * math.pi / 5
+        phi = (torch.remainder(torch.atan2(v, u) + math.pi / 2 + sector / 2, sector) - sector / 2).abs()
+        r = r2.sqrt()
+        px, py = r * torch.cos(phi), r * torch.sin(phi)
+        bx, by = 0.45 * math.cos(sector / 2), 0.45 * math.sin(sector / 2)
+        return (bx - 1) * py - by * (px - 1) >= 0
+    if shape == "heart":  # (x² + y² - 1)³ ≤ x² y³ with y up
+        hx, hy = u * 1.2, -v * 1.2 + 0.15
+        return (hx * hx + hy * hy - 1) ** 3 <= hx * hx * hy**3
+    raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
 
 
-def _pattern(texture: torch.Tensor, u: torch.Tensor, v: torch.Tensor, freq: float) -> torch.Tensor:
-    """1 where the texture's darker tone shows, per texture index (B,): solid, stripes, dots, checker."""
-    fu, fv = u * freq, v * freq
-    stripes = torch.remainder(torch.floor(fu + fv), 2) == 1
-    dots = (torch.frac(fu) - 0.5) ** 2 + (torch.frac(fv) - 0.5) ** 2 < 0.09
-    checker = torch.remainder(torch.floor(fu) + torch.floor(fv), 2) == 1
-    stacked = torch.stack([torch.zeros_like(stripes), stripes, dots, checker])
-    return stacked[texture, torch.arange(texture.shape[0])].float()
+def _pattern(textures: list[str], u: torch.Tensor, v: torch.Tensor, freq: float) -> torch.Tensor:
+    """1 where a texture's second tone shows (solid: nowhere), per batch entry, at local coords ``u``, ``v``."""
+    out = torch.zeros_like(u)
+    for texture in set(textures) - {"solid"}:
+        idx = [i for i, t in enumerate(textures) if t == texture]
+        fu, fv = u[idx] * freq, v[idx] * freq
+        if texture == "stripes":
+            on = torch.remainder(torch.floor(fu + fv), 2) == 1
+        elif texture == "dots":
+            on = (fu - fu.floor() - 0.5) ** 2 + (fv - fv.floor() - 0.5) ** 2 < 0.09
+        else:
+            on = torch.remainder(torch.floor(fu) + torch.floor(fv), 2) == 1
+        out[idx] = on.float()
+    return out
 
 
 def _tone(rgb: torch.Tensor) -> torch.Tensor:
@@ -72,27 +79,50 @@ def render(scenes: list[Scene], resolution: int = 32, supersample: int = 4) -> t
     x, y = x.expand(b, s, s), y.expand(b, s, s)
 
     bg = _RGB[[_COLOR_INDEX[sc.background] for sc in scenes]]  # (B, 3)
-    bg_tex = torch.tensor([TEXTURES.index(sc.background_texture) for sc in scenes])
-    p = _pattern(bg_tex, x * 2 - 1, y * 2 - 1, freq=6.0)[:, None]
+    p = _pattern([sc.background_texture for sc in scenes], x * 2 - 1, y * 2 - 1, freq=6.0)[:, None]
     bg_tone = 0.5 * (bg + _tone(bg))  # a subtler second tone than objects', so objects stand out
     image = bg[:, :, None, None] * (1 - p) + bg_tone[:, :, None, None] * p
 
     coverage = torch.zeros(b, MAX_OBJECTS, s, s)
     for k in range(MAX_OBJECTS):
-        present = torch.tensor([k < len(sc.objects) for sc in scenes])
-        if not present.any():
+        slot = [(i, sc.objects[k]) for i, sc in enumerate(scenes) if k < len(sc.objects)]
+        if not slot:
             break
-        objs = [sc.objects[k] if k < len(sc.objects) else sc.objects[0] for sc in scenes]
-        half = torch.tensor([SIZES[o.size] for o in objs])[:, None, None]
-        cx = torch.tensor([(o.col + 0.5) / GRID for o in objs])[:, None, None]
-        cy = torch.tensor([(o.row + 0.5) / GRID for o in objs])[:, None, None]
-        u, v = (x - cx) / half, (y - cy) / half
-        inside = _inside(torch.tensor([SHAPES.index(o.shape) for o in objs]), u, v) & present[:, None, None]
-        rgb = _RGB[[_COLOR_INDEX[o.color] for o in objs]]
-        tp = _pattern(torch.tensor([TEXTURES.index(o.texture) for o in objs]), u, v, freq=2.5)[:, None]
-        color = rgb[:, :, None, None] * (1 - tp) + _tone(rgb)[:, :, None, None] * tp
-        a = inside.float()[:, None]
-        image = image * (1 - a) + color * a
-        coverage[:, k] = inside.float()
+        for shape in sorted({o.shape for _, o in slot}):  # evaluate each shape only where it is drawn
+            group = [(i, o) for i, o in slot if o.shape == shape]
+            idx = torch.tensor([i for i, _ in group])
+            half = torch.tensor([SIZES[o.size] for _, o in group])[:, None, None]
+            cx = torch.tensor([(o.col + 0.5) / GRID for _, o in group])[:, None, None]
+            cy = torch.tensor([(o.row + 0.5) / GRID for _, o in group])[:, None, None]
+            u, v = (x[: len(group)] - cx) / half, (y[: len(group)] - cy) / half
+            a = _inside(shape, u, v).float()[:, None]
+            rgb = _RGB[[_COLOR_INDEX[o.color] for _, o in group]]
+            tp = _pattern([o.texture for _, o in group], u, v, freq=2.5)[:, None]
+            color = rgb[:, :, None, None] * (1 - tp) + _tone(rgb)[:, :, None, None] * tp
+            if any(scenes[i].style == "outline" for i, _ in group):  # keep only a band inside the edge
+                band = max(1, s // 40)
+                eroded = 1 - F.max_pool2d(1 - a, 2 * band + 1, stride=1, padding=band)
+                outline = torch.tensor([scenes[i].style == "outline" for i, _ in group])[:, None, None, None]
+                a = torch.where(outline, a - eroded, a)
+            image[idx] = image[idx] * (1 - a) + color * a
+            coverage[idx, k] = a[:, 0]
     pool = lambda t: F.avg_pool2d(t, supersample) if supersample > 1 else t
-    return pool(image).clamp_(0, 1), pool(coverage)
+    return _stylise(pool(image).clamp_(0, 1), scenes), pool(coverage)
+
+
+def _stylise(image: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
+    """The global looks that act on the finished picture: grayscale, invert, pixelate (8×8 blocks)."""
+    for style in ("grayscale", "invert", "pixelate"):
+        idx = [i for i, sc in enumerate(scenes) if sc.style == style]
+        if not idx:
+            continue
+        im = image[idx]
+        if style == "grayscale":
+            im = (im * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True).expand_as(im)
+        elif style == "invert":
+            im = 1 - im
+        else:
+            r = im.shape[-1]
+            im = F.interpolate(F.adaptive_avg_pool2d(im, 8), size=(r, r), mode="nearest")
+        image[idx] = im
+    return image

@@ -26,6 +26,7 @@ COLORS = {
     "gray": (128, 128, 128),
 }
 TEXTURES = ("solid", "stripes", "dots", "checker")
+STYLES = ("none", "grayscale", "invert", "pixelate", "outline")  # global looks, applied after drawing
 SIZES = {"small": 0.09, "medium": 0.12, "large": 0.155}  # half-extent as a fraction of the canvas
 GRID = 3  # cells per side; cell (row, col) has its centre at ((col + .5) / 3, (row + .5) / 3)
 ROW_NAMES, COL_NAMES = ("top", "middle", "bottom"), ("left", "center", "right")
@@ -59,17 +60,19 @@ class Obj:
 
 @dataclass(frozen=True)
 class Scene:
-    """A background (colour, texture) and its objects, drawn in list order."""
+    """A background (colour, texture), its objects (drawn in list order) and a global style."""
 
     background: str
     background_texture: str
     objects: tuple[Obj, ...] = field(default_factory=tuple)
+    style: str = "none"
 
     def to_dict(self) -> dict:
         return {
             "background": self.background,
             "background_texture": self.background_texture,
             "objects": [asdict(o) for o in self.objects],
+            "style": self.style,
         }
 
     def to_json(self) -> str:
@@ -80,8 +83,9 @@ class Scene:
         """Parse and validate; errors name the field (``where`` prefixes it, e.g. a file name)."""
         if not isinstance(d, dict):
             raise SceneError(f"{where}: expected an object, got {type(d).__name__}")
-        _check_keys(d, {"background", "background_texture", "objects"}, where)
+        _check_keys(d, {"background", "background_texture", "objects"}, where, optional={"style"})
         _check_choice(d["background"], tuple(COLORS), f"{where}.background")
+        _check_choice(d.get("style", "none"), STYLES, f"{where}.style")
         _check_choice(d["background_texture"], TEXTURES, f"{where}.background_texture")
         if not isinstance(d["objects"], list):
             raise SceneError(f"{where}.objects: expected a list, got {type(d['objects']).__name__}")
@@ -89,22 +93,12 @@ class Scene:
             raise SceneError(f"{where}.objects: at most {MAX_OBJECTS} objects, got {len(d['objects'])}")
         objs, cells = [], set()
         for i, o in enumerate(d["objects"]):
-            w = f"{where}.objects[{i}]"
-            if not isinstance(o, dict):
-                raise SceneError(f"{w}: expected an object, got {type(o).__name__}")
-            _check_keys(o, {"shape", "color", "texture", "size", "row", "col"}, w)
-            _check_choice(o["shape"], SHAPES, f"{w}.shape")
-            _check_choice(o["color"], tuple(COLORS), f"{w}.color")
-            _check_choice(o["texture"], TEXTURES, f"{w}.texture")
-            _check_choice(o["size"], tuple(SIZES), f"{w}.size")
-            for k in ("row", "col"):
-                if not isinstance(o[k], int) or not 0 <= o[k] < GRID:
-                    raise SceneError(f"{w}.{k}: expected an integer in 0..{GRID - 1}, got {o[k]!r}")
-            if (o["row"], o["col"]) in cells:
-                raise SceneError(f"{w}: cell (row={o['row']}, col={o['col']}) is already taken")
-            cells.add((o["row"], o["col"]))
-            objs.append(Obj(**o))
-        return Scene(d["background"], d["background_texture"], tuple(objs))
+            obj = obj_from_dict(o, f"{where}.objects[{i}]")
+            if (obj.row, obj.col) in cells:
+                raise SceneError(f"{where}.objects[{i}]: cell (row={obj.row}, col={obj.col}) is already taken")
+            cells.add((obj.row, obj.col))
+            objs.append(obj)
+        return Scene(d["background"], d["background_texture"], tuple(objs), d.get("style", "none"))
 
     @staticmethod
     def from_json(text: str, where: str = "scene") -> Scene:
@@ -115,12 +109,33 @@ class Scene:
         return Scene.from_dict(d, where)
 
 
-def _check_keys(d: dict, keys: set[str], where: str) -> None:
-    missing, extra = keys - d.keys(), d.keys() - keys
+def obj_from_dict(o: dict, where: str = "object") -> Obj:
+    """Parse and validate one object record; errors name the field and list the allowed values."""
+    if not isinstance(o, dict):
+        raise SceneError(f"{where}: expected an object, got {type(o).__name__}")
+    _check_keys(o, {"shape", "color", "texture", "size", "row", "col"}, where)
+    _check_choice(o["shape"], SHAPES, f"{where}.shape")
+    _check_choice(o["color"], tuple(COLORS), f"{where}.color")
+    _check_choice(o["texture"], TEXTURES, f"{where}.texture")
+    _check_choice(o["size"], tuple(SIZES), f"{where}.size")
+    for k in ("row", "col"):
+        if not isinstance(o[k], int) or not 0 <= o[k] < GRID:
+            raise SceneError(f"{where}.{k}: expected an integer in 0..{GRID - 1}, got {o[k]!r}")
+    return Obj(**o)
+
+
+def _check_keys(d: dict, keys: set[str], where: str, optional: set[str] = frozenset()) -> None:
+    missing, extra = keys - d.keys(), d.keys() - keys - optional
     if missing:
         raise SceneError(f"{where}: missing field(s) {sorted(missing)}")
     if extra:
-        raise SceneError(f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(keys)}")
+        raise SceneError(f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(keys | optional)}")
+
+
+def free_cells(scene: Scene) -> list[tuple[int, int]]:
+    """Grid cells without an object, in row-major order."""
+    taken = {(o.row, o.col) for o in scene.objects}
+    return [(r, c) for r in range(GRID) for c in range(GRID) if (r, c) not in taken]
 
 
 def _check_choice(value, allowed: tuple[str, ...], where: str) -> None:
