@@ -84,9 +84,7 @@ def run(out_dir: str = "runs/demo", seed: int = 0) -> int:
     )
 
     # 3. the shapes world: scenes with captions at 32x32 and 64x64
-    from pairfree.world.grid import save_scene_grid
-
-    from pairfree.world.grid import save_edit_grid
+    from pairfree.world.grid import save_edit_grid, save_scene_grid
 
     grids = [str(save_scene_grid(out / f"world_{r}.png", n=16, resolution=r, seed=seed)) for r in (32, 64)]
     print(f"\n== shapes world: 16 scenes with captions -> {grids[0]}, {grids[1]} ==")
