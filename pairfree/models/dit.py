@@ -1,0 +1,253 @@
+"""A SANA-architecture diffusion transformer with reference-image conditioning.
+
+SANA's block: adaLN-single modulated norm → ReLU linear self-attention → softmax cross-attention to the text →
+modulated norm → Mix-FFN (GLUMBConv: 1×1 conv, depthwise 3×3 conv, gated, 1×1 conv). No positional embedding
+(the depthwise conv carries position) unless ``pos_embed="sincos"``. Loads diffusers ``SanaTransformer2DModel``
+weights (:mod:`pairfree.models.convert`).
+
+Editing extension: the reference image's tokens are appended to the noisy tokens along the token axis and
+conditioned on t = 0 (per-token modulation). In the Mix-FFN each image keeps its own 2-D layout (the conv never
+mixes the two images); they meet only in self-attention. A learned reference embedding (zero at init) marks
+the reference tokens; without a reference the model computes exactly what the text-to-image teacher computes.
+One class serves as teacher, critic and generator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pairfree.kernels import modulated_rms_norm
+from pairfree.kernels.attention import attention
+from pairfree.kernels.linear_attention import linear_attention
+from pairfree.models.persistence import PretrainedMixin
+
+
+@dataclass
+class DiTConfig:
+    """Sizes of the DiT. Defaults: SANA-1.6B (20 layers, width 2240 = 70 heads × 32, DC-AE 32 channels)."""
+
+    in_channels: int = 32
+    out_channels: int = 32
+    num_layers: int = 20
+    num_heads: int = 70
+    head_dim: int = 32
+    cross_heads: int = 20
+    cross_head_dim: int = 112
+    text_dim: int = 2304  # width of the text encoder's embeddings (Gemma-2-2B)
+    mlp_ratio: float = 2.5
+    patch_size: int = 1
+    self_attn_bias: bool = False
+    norm_eps: float = 1e-6
+    norm: str = "layer"  # "layer": SANA's LayerNorm; "rms": RMSNorm through pairfree's fused modulated-norm op
+    pos_embed: str = "none"  # "none" (SANA) or "sincos"
+    sample_size: int = 32  # base latent size for "sincos"
+    interpolation_scale: float = 1.0  # for "sincos"
+    timestep_scale: float = 1000.0  # t in [0, 1] is fed to the embedder as t * timestep_scale
+    reference: bool = True  # build the reference-conditioning weights
+    gradient_checkpointing: bool = False
+
+    @property
+    def width(self) -> int:
+        return self.num_heads * self.head_dim
+
+    def __post_init__(self):
+        if self.norm not in ("layer", "rms"):
+            raise ValueError(f"DiTConfig.norm: expected 'layer' or 'rms', got {self.norm!r}")
+        if self.pos_embed not in ("none", "sincos"):
+            raise ValueError(f"DiTConfig.pos_embed: expected 'none' or 'sincos', got {self.pos_embed!r}")
+        if self.cross_heads * self.cross_head_dim != self.width:
+            raise ValueError(
+                f"DiTConfig: cross_heads * cross_head_dim ({self.cross_heads}*{self.cross_head_dim}) must equal the "
+                f"width num_heads * head_dim ({self.width})"
+            )
+
+
+def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features ``[cos, sin]`` of (scaled) timesteps ``t`` ``(B,)`` -> ``(B, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """adaLN-single: t -> (6·width modulation shared by all blocks, width embedding for the output norm)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
+        self.modulation = nn.Linear(width, 6 * width)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.mlp(timestep_features(t).to(dtype))
+        return self.modulation(F.silu(emb)), emb
+
+
+class Modulate(nn.Module):
+    """Norm without affine, then ``· (1 + scale) + shift``; shift/scale per sample ``(B, 1, D)`` or per token."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.kind, self.eps = cfg.norm, cfg.norm_eps
+        if cfg.norm == "rms":
+            self.register_buffer("ones", torch.ones(cfg.width), persistent=False)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rms":
+            shape = x.shape if shift.shape[1] > 1 else (x.shape[0], x.shape[2])
+            return modulated_rms_norm(
+                x,
+                self.ones.to(x.dtype),
+                shift.expand(x.shape).reshape(shape),
+                scale.expand(x.shape).reshape(shape),
+                self.eps,
+            )
+        return (F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift).to(x.dtype)
+
+
+class LinearSelfAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=cfg.self_attn_bias)
+        self.out = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return self.out(linear_attention(q, k, v).transpose(1, 2).reshape(b, n, -1))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.heads = cfg.cross_heads
+        self.q = nn.Linear(cfg.width, cfg.width)
+        self.kv = nn.Linear(cfg.width, 2 * cfg.width)
+        self.out = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(text).view(b, text.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return self.out(attention(q, k, v, key_padding_mask=text_mask).transpose(1, 2).reshape(b, n, -1))
+
+
+class MixFFN(nn.Module):
+    """GLUMBConv over each image's own 2-D token grid."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        hidden = int(cfg.mlp_ratio * cfg.width)
+        self.inverted = nn.Conv2d(cfg.width, 2 * hidden, 1)
+        self.depthwise = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
+        self.pointwise = nn.Conv2d(hidden, cfg.width, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, n, d = x.shape
+        h, w = grid
+        images = n // (h * w)  # 1 (noisy) or 2 (noisy + reference): fold the images into the batch
+        x = x.reshape(b * images, h, w, d).permute(0, 3, 1, 2)
+        x = self.depthwise(F.silu(self.inverted(x)))
+        x, gate = x.chunk(2, dim=1)
+        x = self.pointwise(x * F.silu(gate))
+        return x.permute(0, 2, 3, 1).reshape(b, n, d)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.modulation = nn.Parameter(torch.randn(6, cfg.width) / cfg.width**0.5)
+        self.norm = Modulate(cfg)
+        self.self_attn = LinearSelfAttention(cfg)
+        self.cross_attn = CrossAttention(cfg)
+        self.ffn = MixFFN(cfg)
+
+    def forward(self, x, temb, text, text_mask, grid):
+        """``temb``: ``(B, T, 6, D)`` with T = 1 (one timestep per sample) or T = N (per token)."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (self.modulation + temb).unbind(2)
+        x = x + gate_msa * self.self_attn(self.norm(x, shift_msa, scale_msa))
+        x = x + self.cross_attn(x, text, text_mask)
+        return x + gate_mlp * self.ffn(self.norm(x, shift_mlp, scale_mlp), grid)
+
+
+class DiT(nn.Module, PretrainedMixin):
+    """SANA DiT: ``forward(x, t, text, text_mask, reference=None)`` predicts the flow velocity ``v = ε − x0``.
+
+    ``x``: ``(B, C, H, W)`` noisy latents; ``t``: ``(B,)`` in [0, 1] (1 = pure noise); ``text``: ``(B, L, text_dim)``;
+    ``text_mask``: ``(B, L)`` bool or 0/1 (1 = real token); ``reference``: ``(B, C, H, W)`` clean latents or None.
+    """
+
+    config_class = DiTConfig
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        d = cfg.width
+        self.patch_embed = nn.Conv2d(cfg.in_channels, d, cfg.patch_size, stride=cfg.patch_size)
+        self.time_embed = TimestepEmbedder(d)
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.text_norm = nn.RMSNorm(d, eps=1e-5)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
+        self.out_modulation = nn.Parameter(torch.randn(2, d) / d**0.5)
+        self.out_proj = nn.Linear(d, cfg.patch_size**2 * cfg.out_channels)
+        if cfg.reference:
+            self.reference_embed = nn.Parameter(torch.zeros(d))  # zero: the teacher's behaviour is unchanged
+
+    def _pos_embed(self, h: int, w: int, device, dtype) -> torch.Tensor:
+        from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+        cfg = self.config
+        pe = get_2d_sincos_pos_embed(
+            cfg.width,
+            (h, w),
+            base_size=cfg.sample_size // cfg.patch_size,
+            interpolation_scale=cfg.interpolation_scale,
+            output_type="pt",
+        )
+        return pe.to(device=device, dtype=dtype)[None]
+
+    def forward(self, x, t, text, text_mask=None, reference=None):
+        cfg = self.config
+        b, _, hh, ww = x.shape
+        p = cfg.patch_size
+        if hh % p or ww % p:
+            raise ValueError(f"DiT: latent size {hh}x{ww} is not divisible by patch_size {p}")
+        grid = (hh // p, ww // p)
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        if cfg.pos_embed == "sincos":
+            tokens = tokens + self._pos_embed(*grid, x.device, tokens.dtype)
+        t = t.expand(b) if t.dim() == 0 else t
+        temb, emb = self.time_embed(t.to(x.device) * cfg.timestep_scale, tokens.dtype)
+        temb = temb.view(b, 1, 6, -1)
+        n = tokens.shape[1]
+        if reference is not None:
+            if not cfg.reference:
+                raise ValueError("DiT: this model was built with reference=False and cannot take a reference image")
+            if reference.shape != x.shape:
+                raise ValueError(f"DiT: reference shape {tuple(reference.shape)} must equal x's {tuple(x.shape)}")
+            ref = self.patch_embed(reference).flatten(2).transpose(1, 2) + self.reference_embed
+            if cfg.pos_embed == "sincos":
+                ref = ref + self._pos_embed(*grid, x.device, tokens.dtype)
+            ref_temb, _ = self.time_embed(torch.zeros_like(t, device=x.device), tokens.dtype)
+            tokens = torch.cat([tokens, ref], dim=1)
+            temb = torch.cat([temb.expand(b, n, 6, -1), ref_temb.view(b, 1, 6, -1).expand(b, n, 6, -1)], dim=1)
+        text = self.text_norm(self.text_proj(text))
+        if text_mask is not None:
+            text_mask = text_mask.to(torch.bool)
+        for block in self.blocks:
+            if cfg.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, temb, text, text_mask, grid, use_reentrant=False)
+            else:
+                tokens = block(tokens, temb, text, text_mask, grid)
+        tokens = tokens[:, :n]
+        shift, scale = (self.out_modulation[None] + emb[:, None]).unbind(1)
+        tokens = F.layer_norm(tokens, tokens.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+        out = self.out_proj(tokens).view(b, *grid, p, p, -1)
+        return out.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, hh, ww)
