@@ -26,5 +26,10 @@ def attention_reference(q, k, v, key_padding_mask=None, causal: bool = False) ->
 
 def attention(q, k, v, key_padding_mask=None, causal: bool = False) -> torch.Tensor:
     """Softmax attention over ``(B, H, N, d)`` tensors; ``key_padding_mask`` ``(B, Nk)`` bool, True = attend."""
-    mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :].to(torch.bool)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+    if key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    mask = key_padding_mask[:, None, None, :].to(torch.bool)
+    if causal:
+        nq, nk = q.shape[2], k.shape[2]
+        mask = mask & torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -1,0 +1,118 @@
+"""A frozen Qwen2.5-VL as a differentiable judge: P(Yes) for (images, question), gradients to the pixels.
+
+Images arrive as tensors in [-1, 1] that carry gradients. Everything between them and the model — resize,
+normalisation, the patch layout and ``image_grid_thw`` that Qwen2.5-VL's image processor would produce — is
+torch, so backprop reaches the images. The two answer logits are taken from the final hidden state at the
+answer position and the two ``lm_head`` rows of "No" and "Yes" only, never the full vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class JudgeConfig:
+    """How images and questions are presented to the VLM."""
+
+    image_size: int = 448  # images are resized to image_size² (a multiple of patch_size · merge_size)
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    answer_tokens: tuple[str, str] = ("No", "Yes")
+    resize_mode: str = "bicubic"
+
+    def __post_init__(self):
+        factor = self.patch_size * self.merge_size
+        if self.image_size % factor:
+            raise ValueError(f"JudgeConfig.image_size: {self.image_size} is not a multiple of patch·merge = {factor}")
+
+
+def images_to_patches(images: torch.Tensor, cfg: JudgeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``images`` ``(N, 3, H, W)`` in [-1, 1] -> (``pixel_values`` ``(N·gh·gw, 3·T·p·p)``, ``image_grid_thw``
+    ``(N, 3)``), laid out as Qwen2-VL's image processor lays them out; differentiable."""
+    n, c, h, w = images.shape
+    size, p, m, t = cfg.image_size, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
+    x = images if images.dtype == torch.float64 else images.float()
+    x = (x + 1) / 2  # [0, 1], as the processor's rescale of uint8 pixels gives
+    if (h, w) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode=cfg.resize_mode, align_corners=False, antialias=min(h, w) > size)
+    mean = torch.tensor(cfg.image_mean, device=x.device, dtype=x.dtype)[None, :, None, None]
+    std = torch.tensor(cfg.image_std, device=x.device, dtype=x.dtype)[None, :, None, None]
+    x = (x - mean) / std
+    g = size // p
+    x = x.reshape(n, c, g // m, m, p, g // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)  # (N, gh, gw, mh, mw, C, p, p)
+    x = x[:, :, :, :, :, :, None].expand(*x.shape[:6], t, p, p)  # repeat the frame over the temporal patch
+    pixel_values = x.reshape(n * g * g, c * t * p * p)
+    grid = torch.tensor([[1, g, g]] * n, dtype=torch.long, device=images.device)
+    return pixel_values, grid
+
+
+def prompt(question: str, num_images: int, tokens_per_image: int) -> str:
+    """The chat-formatted prompt with one vision block per image; the answer is predicted after it."""
+    vision = ("<|vision_start|>" + "<|image_pad|>" * tokens_per_image + "<|vision_end|>") * num_images
+    return f"<|im_start|>user\n{vision}{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+class QwenJudge(nn.Module):
+    """Wraps a transformers ``Qwen2_5_VLForConditionalGeneration`` (frozen) and a tokenizer.
+
+    ``forward(images, questions)``: ``images`` a list (one entry per question) of ``(n_i, 3, H, W)`` tensors in
+    [-1, 1], ``n_i`` ∈ {1, 2}; returns logits ``(B, 2)`` for [No, Yes].
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, config: JudgeConfig | None = None):
+        super().__init__()
+        self.model, self.tokenizer, self.config = model, tokenizer, config or JudgeConfig()
+        self.model.requires_grad_(False)
+        self.model.eval()
+        ids = tokenizer.convert_tokens_to_ids(list(self.config.answer_tokens))
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
+            raise ValueError(f"judge: answer tokens {self.config.answer_tokens} are not in the tokenizer's vocabulary")
+        self.register_buffer("answer_ids", torch.tensor(ids), persistent=False)
+        g = self.config.image_size // self.config.patch_size
+        self.tokens_per_image = (g // self.config.merge_size) ** 2
+
+    def train(self, mode: bool = True):  # the VLM stays in eval mode (no dropout) whatever the wrapper does
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def encode_text(self, questions: list[str], num_images: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [prompt(q, n, self.tokens_per_image) for q, n in zip(questions, num_images)]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+    def forward(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
+        if len(images) != len(questions):
+            raise ValueError(f"judge: {len(images)} image entries for {len(questions)} questions")
+        device = self.answer_ids.device
+        flat = torch.cat([im if im.dim() == 4 else im[None] for im in images]).to(device)
+        pixel_values, grid = images_to_patches(flat, self.config)
+        input_ids, mask = self.encode_text(questions, [im.shape[0] if im.dim() == 4 else 1 for im in images], device)
+        dtype = next(self.model.parameters()).dtype
+        out = self.model.model(
+            input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values.to(dtype), image_grid_thw=grid
+        )
+        hidden = out.last_hidden_state  # (B, L, D)
+        last = mask.sum(1) - 1  # right padding: the answer position is each prompt's last token
+        h = hidden[torch.arange(hidden.shape[0], device=device), last]
+        rows = self.model.lm_head.weight[self.answer_ids]  # (2, D): only the answer tokens' rows
+        return h @ rows.T if h.dtype == torch.float64 else (h @ rows.T).float()
+
+    def p_yes(self, images, questions) -> torch.Tensor:
+        return self.forward(images, questions).softmax(-1)[:, 1]
+
+
+def two_token_loss(logits: torch.Tensor, target_yes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-question CE over [No, Yes] logits toward the target answer = ``−log σ((ℓ_target − ℓ_other)/τ)``."""
+    return F.cross_entropy(logits / temperature, target_yes.long(), reduction="none")

@@ -1,0 +1,101 @@
+"""The judge: our torch preprocessing equals Qwen2-VL's image processor, the two-token logits equal the full
+model's, padding does not change answers, and input-image gradients match finite differences (fp64)."""
+
+import numpy as np
+import pytest
+import torch
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from pairfree.judge import JudgeConfig, images_to_patches, two_token_loss
+from pairfree.judge.world import build_world_judge
+from pairfree.world import render, sample_scene
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return build_world_judge(seed=0)
+
+
+def _hf(images_u8: np.ndarray, size: int):
+    proc = Qwen2VLImageProcessorPil(size={"shortest_edge": size * size, "longest_edge": size * size})
+    out = proc([im for im in images_u8], return_tensors="pt")
+    return out["pixel_values"], out["image_grid_thw"]
+
+
+@pytest.mark.parametrize("size", [56, 112])
+def test_preprocessing_equals_the_hf_processor_without_resize(size):
+    images, _ = render([sample_scene(s) for s in range(3)], size)
+    u8 = (images * 255).round().to(torch.uint8)
+    ours, grid = images_to_patches(u8.float() / 127.5 - 1, JudgeConfig(image_size=size))
+    theirs, their_grid = _hf(u8.permute(0, 2, 3, 1).numpy(), size)
+    assert torch.equal(grid, their_grid)
+    torch.testing.assert_close(ours, theirs.float(), rtol=0, atol=2e-5)
+
+
+def test_preprocessing_close_to_the_hf_processor_with_resize():
+    """32² renders upsampled to 112² for the judge: torch bicubic vs PIL bicubic differ only by the kernel's
+    coefficient; the layout and normalisation are the same."""
+    images, _ = render([sample_scene(s) for s in range(3)], 32)
+    u8 = (images * 255).round().to(torch.uint8)
+    ours, grid = images_to_patches(u8.float() / 127.5 - 1, JudgeConfig(image_size=112))
+    theirs, their_grid = _hf(u8.permute(0, 2, 3, 1).numpy(), 112)
+    assert torch.equal(grid, their_grid) and ours.shape == theirs.shape
+    err = (ours - theirs).abs()
+    assert err.mean() < 0.05 and err.max() < 0.6  # normalised units (1/255 of a pixel is ~0.015)
+    shuffled = (ours.roll(1, 0) - theirs).abs().mean()
+    assert shuffled > 5 * err.mean()  # a wrong layout would be far worse
+
+
+def test_two_token_logits_equal_the_full_models(judge):
+    ims = [render([sample_scene(s)], 32)[0] * 2 - 1 for s in range(2)]
+    ims = [torch.cat([ims[0], ims[1]]), ims[1]]
+    qs = ["Was the instruction carried out? Answer yes or no.", "Is there a red circle in the image?"]
+    with torch.no_grad():
+        ours = judge(ims, qs)
+        for i, (im, q) in enumerate(zip(ims, qs)):
+            pv, grid = images_to_patches(im, judge.config)
+            ids, mask = judge.encode_text([q], [im.shape[0]], "cpu")
+            full = judge.model(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid).logits
+            torch.testing.assert_close(ours[i], full[0, -1, judge.answer_ids], rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_and_gradients_reach_the_images(judge):
+    assert not any(p.requires_grad for p in judge.parameters())
+    im = (render([sample_scene(3), sample_scene(4)], 32)[0] * 2 - 1).requires_grad_()
+    logits = judge([im, im[1:]], ["Was it carried out?", "Is there a star?"])
+    loss = two_token_loss(logits, torch.tensor([1, 0])).mean()
+    loss.backward()
+    assert torch.isfinite(im.grad).all() and im.grad.abs().sum() > 0
+
+
+def test_input_gradient_matches_finite_differences():
+    judge = build_world_judge(seed=1, image_size=56, width=32, vision_layers=2, text_layers=2).double()
+    g = torch.Generator().manual_seed(0)
+    im = (torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
+    f = lambda x: (
+        judge([x, x[:1]], ["Was it carried out?", "Is there a star?"])
+        .double()
+        .mul(torch.tensor([[0.3, -1.0], [0.7, 0.2]], dtype=torch.float64))
+        .sum()
+    )
+    f(im).backward()
+    for _ in range(3):
+        u = torch.randn(im.shape, generator=g, dtype=torch.float64)
+        eps = 1e-3  # transformers computes the rotary embedding in fp32 even in an fp64 model: keep eps large
+        with torch.no_grad():
+            fd = (f(im + eps * u) - f(im - eps * u)) / (2 * eps)
+        torch.testing.assert_close((im.grad * u).sum(), fd, rtol=2e-3, atol=1e-7)
+
+
+def test_padding_does_not_change_answers(judge):
+    ims = [render([sample_scene(s)], 32)[0] * 2 - 1 for s in range(2)]
+    qs = ["Is there a star?", "Apart from what the instruction changes, is the second image the same as the first?"]
+    with torch.no_grad():
+        both = judge(ims, qs)
+        alone = torch.cat([judge([im], [q]) for im, q in zip(ims, qs)])
+    torch.testing.assert_close(both, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="not a multiple of patch·merge = 28"):
+        JudgeConfig(image_size=100)
