@@ -1,4 +1,4 @@
-"""The ``pairfree`` command: ``doctor``, ``demo``, ``world sample|edits|bench``."""
+"""The ``pairfree`` command: ``doctor``, ``demo``, ``world sample|edits|bench``, ``presets``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,19 @@ def _world_bench(args) -> int:
     return 0
 
 
+def _presets(args) -> int:
+    from pairfree.models.presets import build_from_preset, parameter_count, read_preset
+
+    print(f"{'preset':40s} {'parameters':>15s} {'published':>15s}  note")
+    for path in args.paths:
+        model = build_from_preset(path)
+        n, published = parameter_count(model), read_preset(path).get("published_parameters")
+        note = f"+{model.config.width:,} = reference-image embedding" if hasattr(model.config, "reference") else ""
+        shown = "-" if published is None else f"{published:,}"
+        print(f"{path:40s} {n:15,d} {shown:>15s}  {note}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pairfree", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_world_bench)
+
+    p = sub.add_parser("presets", help="build model presets on the meta device and print their parameter counts")
+    p.add_argument("paths", nargs="+", help="preset YAML files, e.g. configs/models/*.yaml")
+    p.set_defaults(fn=_presets)
 
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -73,6 +73,7 @@ class QwenJudge(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, config: JudgeConfig | None = None):
         super().__init__()
         self.model, self.tokenizer, self.config = model, tokenizer, config or JudgeConfig()
+        self.tokenizer.padding_side = "right"  # the answer position is then each prompt's last real token
         self.model.requires_grad_(False)
         self.model.eval()
         ids = tokenizer.convert_tokens_to_ids(list(self.config.answer_tokens))
@@ -116,3 +117,21 @@ class QwenJudge(nn.Module):
 def two_token_loss(logits: torch.Tensor, target_yes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-question CE over [No, Yes] logits toward the target answer = ``−log σ((ℓ_target − ℓ_other)/τ)``."""
     return F.cross_entropy(logits / temperature, target_yes.long(), reduction="none")
+
+
+def load_qwen_judge(path, image_size: int = 448, dtype: torch.dtype | None = None) -> QwenJudge:
+    """A judge from a local transformers Qwen2.5-VL directory (config, safetensors weights, tokenizer)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from pairfree.models.persistence import CheckpointError
+
+    path = Path(path)
+    for name in ("config.json", "tokenizer_config.json"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name}: missing (expected a local Qwen2.5-VL model directory)")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(path)
+    answers = ("No", "Yes") if "Yes" in tok.get_vocab() else ("no", "yes")
+    return QwenJudge(model, tok, JudgeConfig(image_size=image_size, answer_tokens=answers))

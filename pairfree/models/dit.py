@@ -99,15 +99,11 @@ class Modulate(nn.Module):
             self.register_buffer("ones", torch.ones(cfg.width), persistent=False)
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if self.kind == "rms":
-            shape = x.shape if shift.shape[1] > 1 else (x.shape[0], x.shape[2])
-            return modulated_rms_norm(
-                x,
-                self.ones.to(x.dtype),
-                shift.expand(x.shape).reshape(shape),
-                scale.expand(x.shape).reshape(shape),
-                self.eps,
-            )
+        if self.kind == "rms":  # per sample (B, D) or per token (B, N, D), as the fused op takes them
+            per_sample = shift.shape[1] == 1
+            shift = shift[:, 0] if per_sample else shift.expand(x.shape)
+            scale = scale[:, 0] if per_sample else scale.expand(x.shape)
+            return modulated_rms_norm(x, self.ones.to(x.dtype), shift, scale, self.eps)
         return (F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift).to(x.dtype)
 
 

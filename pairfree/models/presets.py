@@ -1,0 +1,39 @@
+"""Model presets in ``configs/``: YAML files naming an architecture, buildable on the meta device (sizes
+without weights) or for real. ``dit:`` sections hold :class:`DiTConfig` fields; ``qwen2_5_vl:`` sections a
+transformers ``Qwen2_5_VLConfig``; ``published_parameters`` the size the checkpoint's card states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from pairfree.config import ConfigError, from_dict
+from pairfree.models.dit import DiT, DiTConfig
+
+
+def read_preset(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such preset file")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not ({"dit", "qwen2_5_vl"} & data.keys()):
+        raise ConfigError(f"{path}: a preset needs a 'dit' or 'qwen2_5_vl' section")
+    return data
+
+
+def build_from_preset(path: str | Path, device: str | torch.device = "meta") -> torch.nn.Module:
+    """The preset's model on ``device`` ("meta" by default: no memory, for parameter counts and planning)."""
+    data = read_preset(path)
+    with torch.device(device):
+        if "dit" in data:
+            return DiT(from_dict(DiTConfig, data["dit"], f"{path}.dit"))
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**data["qwen2_5_vl"]))
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
