@@ -4,6 +4,7 @@ Backends:
   ``cuda``      the CUDA kernels in ``pairfree._C`` (built when nvcc and a CUDA torch are present)
   ``triton``    Triton kernels: on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests only)
   ``cpp``       the C++ CPU kernels in ``pairfree._C``
+  ``sdpa``      PyTorch's ``scaled_dot_product_attention`` (attention only; always available)
   ``reference`` plain PyTorch (always available; the ground truth the others are tested against)
 
 ``auto`` picks the first live backend in :data:`PREFERENCE` for the tensor's device. A backend named in
@@ -19,14 +20,17 @@ import os
 
 import torch
 
-BACKENDS = ("cuda", "triton", "cpp", "reference")
+BACKENDS = ("cuda", "triton", "cpp", "sdpa", "reference")
 
 # Default choice per device type. Triton before the CUDA extension on GPU until the GPU benchmark says
 # otherwise (benchmarks/RESULTS.md); Triton on CPU runs only in the interpreter, so only when asked for.
-PREFERENCE = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
+PREFERENCE = {"cuda": ("triton", "cuda", "sdpa", "reference"), "cpu": ("cpp", "sdpa", "reference")}
 
 # Backends each op implements.
-OPS: dict[str, tuple[str, ...]] = {"modulated_rms_norm": BACKENDS}
+OPS: dict[str, tuple[str, ...]] = {
+    "modulated_rms_norm": ("cuda", "triton", "cpp", "reference"),
+    "attention": ("triton", "sdpa", "reference"),
+}
 
 
 @functools.cache
@@ -63,7 +67,7 @@ def live_backends(device_type: str) -> dict[str, str | None]:
     """For each backend, ``None`` if it can run on ``device_type`` here, else the reason it cannot."""
     ext = extension()
     no_ext = f"pairfree._C not importable ({extension_error()})"
-    why: dict[str, str | None] = {"reference": None}
+    why: dict[str, str | None] = {"reference": None, "sdpa": None}
     if device_type == "cuda":
         no_gpu = None if torch.cuda.is_available() else "no CUDA device"
         if ext is None:
