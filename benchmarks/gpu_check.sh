@@ -28,6 +28,8 @@ $PY -m pytest tests -q -m gpu -p no:cacheprovider --co 2>/dev/null | tail -1 >>"
 
 $PY benchmarks/modulated_rms_norm.py --out "$OUT" >"$OUT/bench_modulated_rms_norm.md" 2>&1
 bench_rc=$?
+$PY benchmarks/attention.py --out "$OUT" >"$OUT/bench_attention.md" 2>&1
+attn_rc=$?
 
 echo
 echo "== summary =="
@@ -35,8 +37,11 @@ echo "| step | result |"
 echo "|---|---|"
 echo "| build pairfree._C (CUDA) | rc=$build_rc |"
 echo "| tests (not slow) | rc=$tests_rc: $(grep -E '(passed|failed)' "$OUT/tests.log" | tail -1) |"
-echo "| benchmark | rc=$bench_rc |"
+echo "| benchmark modulated_rms_norm | rc=$bench_rc |"
+echo "| benchmark attention | rc=$attn_rc |"
 echo
 grep -E "^\| op |^\|---|\| full \|" "$OUT/bench_modulated_rms_norm.md" || tail -20 "$OUT/bench_modulated_rms_norm.md"
+echo
+grep -E "^\| shape |^\|---|\| full \|" "$OUT/bench_attention.md" | head -80 || tail -20 "$OUT/bench_attention.md"
 [ $tests_rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
-exit $(( build_rc || tests_rc || bench_rc ))
+exit $(( build_rc || tests_rc || bench_rc || attn_rc ))

@@ -45,7 +45,12 @@ def providers(device: torch.device, skip_compile: bool):
     if not skip_compile:
         out["torch.compile"] = torch.compile(modulated_rms_norm_reference, dynamic=False)
     for name, why in dispatch.live_backends(device.type).items():
-        if why is None and name != "reference" and not (name == "triton" and device.type == "cpu"):
+        if (
+            why is None
+            and name in dispatch.OPS["modulated_rms_norm"]
+            and name != "reference"
+            and not (name == "triton" and device.type == "cpu")
+        ):
             out[f"pairfree-{name}"] = lambda *a, _b=name, **k: modulated_rms_norm(*a, backend=_b, **k)
     return out
 

@@ -55,7 +55,9 @@ def run(out_dir: str = "runs/demo", seed: int = 0) -> int:
     cot = [torch.randn(b, n, d, dtype=torch.float64) for _ in range(2)]
     exact = _grads(modulated_rms_norm_reference, x, kw, cot, torch.float64)
     names = ["y", "s", "dx", "dshift", "dscale", "dresidual", "dgate"]
-    backends = [k for k, why in dispatch.live_backends("cpu").items() if why is None]
+    backends = [
+        k for k, why in dispatch.live_backends("cpu").items() if why is None and k in dispatch.OPS["modulated_rms_norm"]
+    ]
     rows = []
     print(f"\n== modulated RMSNorm (+ residual, gate) vs fp64 reference, shape {b}x{n}x{d} ==")
     print(f"{'backend':<10} {'dtype':<9} " + " ".join(f"{nm:>10}" for nm in names))

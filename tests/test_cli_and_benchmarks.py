@@ -72,3 +72,13 @@ def test_world_render_benchmark_quick(tmp_path):
 
     rows = world_render.main(["--quick", "--out", str(tmp_path)])
     assert rows and all(r["images/s"] > 0 for r in rows)
+
+
+def test_attention_benchmark_quick(tmp_path):
+    from benchmarks import attention as bench
+
+    rows = bench.main(["--quick", "--out", str(tmp_path)])
+    assert {"pairfree-auto", "sdpa-math"} <= {r["provider"] for r in rows}
+    assert all(r["TFLOPs"] > 0 for r in rows if "note" not in r)
+    assert {r["shape"] for r in rows} == {"gqa-causal", "cross-padded", "vision-varlen"}
+    assert (tmp_path / "attention_quick_cpu.json").exists()

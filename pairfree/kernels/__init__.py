@@ -4,7 +4,16 @@ Each op is registered as ``torch.ops.pairfree.*`` and dispatched by device; :fun
 which implementation runs where.
 """
 
+from pairfree.kernels.attention import attention, varlen_attention
 from pairfree.kernels.dispatch import report as backend_report
 from pairfree.kernels.modulated_rms_norm import modulated_rms_norm, modulated_rms_norm_reference
+from pairfree.kernels.patch import patch_qwen2_5_vl
 
-__all__ = ["backend_report", "modulated_rms_norm", "modulated_rms_norm_reference"]
+__all__ = [
+    "attention",
+    "backend_report",
+    "modulated_rms_norm",
+    "modulated_rms_norm_reference",
+    "patch_qwen2_5_vl",
+    "varlen_attention",
+]
