@@ -395,13 +395,21 @@ class _Layout:
         return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _blocks(d: int, interpret: bool) -> tuple[int, int, int, int]:
+def _blocks(d: int, interpret: bool, kernel: str) -> dict:
+    """Tile sizes per kernel (the Triton tutorial's FlashAttention-2 choices; retune on GPU with
+    benchmarks/attention.py). The interpreter gets small tiles so CPU tests stay fast."""
     block_d = max(16, triton.next_power_of_2(d))
     if interpret:
-        return 16, 16, block_d, 1
-    if block_d <= 64:
-        return 128, 64, block_d, 4
-    return 128, 32 if block_d > 128 else 64, block_d, 8
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1)
+    small = block_d <= 64
+    if kernel == "fwd":
+        return dict(BLOCK_M=128, BLOCK_N=64 if small else 32 if block_d > 128 else 64, BLOCK_D=block_d,
+                    num_warps=4 if small else 8, num_stages=3)
+    if kernel == "dkdv":  # one program per key block, looping over query blocks
+        return dict(BLOCK_M=32, BLOCK_N=128 if small else 64, BLOCK_D=block_d, num_warps=4 if small else 8,
+                    num_stages=2)
+    return dict(BLOCK_M=128 if small else 64, BLOCK_N=32, BLOCK_D=block_d, num_warps=4 if small else 8,
+                num_stages=2)  # dq: one program per query block, looping over key blocks
 
 
 def _launch_args(q, k, causal, softmax_scale, cu_q, cu_k, max_q, max_k, mask):
@@ -441,8 +449,8 @@ def triton_forward(q, k, v, causal, softmax_scale, cu_q=None, cu_k=None, max_q=0
     else:
         lse = torch.empty(a["batch"], a["h"], a["nq"], device=q.device, dtype=torch.float32)
         slb, slh = lse.stride(0), lse.stride(1)
-    bm, bn, bd, warps = _blocks(a["d"], dispatch.triton_interpreter())
-    grid = (triton.cdiv(a["nq"], bm), a["batch"] * a["h"])
+    tiles = _blocks(a["d"], dispatch.triton_interpreter(), "fwd")
+    grid = (triton.cdiv(a["nq"], tiles["BLOCK_M"]), a["batch"] * a["h"])
     L = _Layout.strides
     _fwd_kernel[grid](
         q,
@@ -470,10 +478,7 @@ def triton_forward(q, k, v, causal, softmax_scale, cu_q=None, cu_k=None, max_q=0
         HAS_MASK=mask is not None,
         CAUSAL=causal,
         PRECISION=a["precision"],
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        BLOCK_D=bd,
-        num_warps=warps,
+        **tiles,
     )
     return o, lse
 
@@ -485,20 +490,12 @@ def triton_backward(do, q, k, v, o, lse, causal, softmax_scale, cu_q=None, cu_k=
     delta = delta.transpose(0, 1).contiguous() if a["varlen"] else delta
     slb, slh = (0, lse.stride(0)) if a["varlen"] else (lse.stride(0), lse.stride(1))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    bm, bn, bd, warps = _blocks(a["d"], dispatch.triton_interpreter())
+    interpret = dispatch.triton_interpreter()
+    dkdv_tiles, dq_tiles = _blocks(a["d"], interpret, "dkdv"), _blocks(a["d"], interpret, "dq")
     L = _Layout.strides
     vl, group = a["varlen"], a["h"] // a["hk"]
-    common = dict(
-        IS_VARLEN=vl,
-        HAS_MASK=mask is not None,
-        CAUSAL=causal,
-        PRECISION=a["precision"],
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        BLOCK_D=bd,
-        num_warps=warps,
-    )
-    _bwd_dkdv_kernel[(triton.cdiv(a["nk"], bn), a["batch"] * a["hk"])](
+    common = dict(IS_VARLEN=vl, HAS_MASK=mask is not None, CAUSAL=causal, PRECISION=a["precision"])
+    _bwd_dkdv_kernel[(triton.cdiv(a["nk"], dkdv_tiles["BLOCK_N"]), a["batch"] * a["hk"])](
         q,
         k,
         v,
@@ -527,8 +524,9 @@ def triton_backward(do, q, k, v, o, lse, causal, softmax_scale, cu_q=None, cu_k=
         a["scale"] * _LOG2E,
         a["scale"],
         **common,
+        **dkdv_tiles,
     )
-    _bwd_dq_kernel[(triton.cdiv(a["nq"], bm), a["batch"] * a["h"])](
+    _bwd_dq_kernel[(triton.cdiv(a["nq"], dq_tiles["BLOCK_M"]), a["batch"] * a["h"])](
         q,
         k,
         v,
@@ -555,6 +553,7 @@ def triton_backward(do, q, k, v, o, lse, causal, softmax_scale, cu_q=None, cu_k=
         a["scale"] * _LOG2E,
         a["scale"],
         **common,
+        **dq_tiles,
     )
     return dq, dk, dv
 
