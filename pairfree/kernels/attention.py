@@ -403,13 +403,20 @@ def _blocks(d: int, interpret: bool, kernel: str) -> dict:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1)
     small = block_d <= 64
     if kernel == "fwd":
-        return dict(BLOCK_M=128, BLOCK_N=64 if small else 32 if block_d > 128 else 64, BLOCK_D=block_d,
-                    num_warps=4 if small else 8, num_stages=3)
+        return dict(
+            BLOCK_M=128,
+            BLOCK_N=64 if small else 32 if block_d > 128 else 64,
+            BLOCK_D=block_d,
+            num_warps=4 if small else 8,
+            num_stages=3,
+        )
     if kernel == "dkdv":  # one program per key block, looping over query blocks
-        return dict(BLOCK_M=32, BLOCK_N=128 if small else 64, BLOCK_D=block_d, num_warps=4 if small else 8,
-                    num_stages=2)
-    return dict(BLOCK_M=128 if small else 64, BLOCK_N=32, BLOCK_D=block_d, num_warps=4 if small else 8,
-                num_stages=2)  # dq: one program per query block, looping over key blocks
+        return dict(
+            BLOCK_M=32, BLOCK_N=128 if small else 64, BLOCK_D=block_d, num_warps=4 if small else 8, num_stages=2
+        )
+    return dict(
+        BLOCK_M=128 if small else 64, BLOCK_N=32, BLOCK_D=block_d, num_warps=4 if small else 8, num_stages=2
+    )  # dq: one program per query block, looping over key blocks
 
 
 def _launch_args(q, k, causal, softmax_scale, cu_q, cu_k, max_q, max_k, mask):
