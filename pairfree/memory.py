@@ -100,8 +100,11 @@ class LiveBytesMeter:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                for t in torch.utils._pytree.tree_leaves(out):
-                    meter._track(t)
+                leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+                seen = {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor) and t.numel()}
+                for t in torch.utils._pytree.tree_leaves(out):  # views and in-place results allocate nothing
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                        meter._track(t)
                 return out
 
         self._mode = _Mode()

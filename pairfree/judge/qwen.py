@@ -93,7 +93,8 @@ class QwenJudge(nn.Module):
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
-    def forward(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
+    def answer_hidden(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
+        """The final hidden state ``(B, D)`` at each prompt's answer position."""
         if len(images) != len(questions):
             raise ValueError(f"judge: {len(images)} image entries for {len(questions)} questions")
         device = self.answer_ids.device
@@ -106,9 +107,26 @@ class QwenJudge(nn.Module):
         )
         hidden = out.last_hidden_state  # (B, L, D)
         last = mask.sum(1) - 1  # right padding: the answer position is each prompt's last token
-        h = hidden[torch.arange(hidden.shape[0], device=device), last]
-        rows = self.model.lm_head.weight[self.answer_ids]  # (2, D): only the answer tokens' rows
+        return hidden[torch.arange(hidden.shape[0], device=device), last]
+
+    def forward(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
+        """[No, Yes] logits ``(B, 2)`` from the two ``lm_head`` rows only."""
+        h = self.answer_hidden(images, questions)
+        rows = self.model.lm_head.weight[self.answer_ids]  # (2, D)
         return h @ rows.T if h.dtype == torch.float64 else (h @ rows.T).float()
+
+    def loss(
+        self, images, questions, target_yes: torch.Tensor, temperature: float = 1.0, full_vocab: bool = False
+    ) -> torch.Tensor:
+        """Per-question loss ``(B,)`` toward the target answers (1 = Yes): the fused two-token CE, or the
+        full-vocabulary CE of the paper's ablation (chunked)."""
+        from pairfree.kernels.judge_loss import judge_loss
+
+        h = self.answer_hidden(images, questions)
+        no_id, yes_id = (int(i) for i in self.answer_ids)
+        return judge_loss(
+            h, self.model.lm_head.weight, yes_id, no_id, target_yes.to(h.device), temperature, full_vocab=full_vocab
+        )
 
     def p_yes(self, images, questions) -> torch.Tensor:
         return self.forward(images, questions).softmax(-1)[:, 1]

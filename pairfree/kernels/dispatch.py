@@ -30,6 +30,7 @@ PREFERENCE = {"cuda": ("triton", "cuda", "sdpa", "reference"), "cpu": ("cpp", "s
 OPS: dict[str, tuple[str, ...]] = {
     "modulated_rms_norm": ("cuda", "triton", "cpp", "reference"),
     "attention": ("triton", "sdpa", "reference"),
+    "judge_loss": ("triton", "reference"),
 }
 
 

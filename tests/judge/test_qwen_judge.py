@@ -99,3 +99,17 @@ def test_padding_does_not_change_answers(judge):
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="not a multiple of patch·merge = 28"):
         JudgeConfig(image_size=100)
+
+
+def test_loss_equals_ce_of_the_logits(judge):
+    ims = [render([sample_scene(s)], 32)[0] * 2 - 1 for s in range(3)]
+    qs = ["Is there a star?", "Is the background red?", "Is there a circle?"]
+    target = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        logits = judge(ims, qs)
+        for tau in (0.1, 1.0):
+            torch.testing.assert_close(
+                judge.loss(ims, qs, target, tau), two_token_loss(logits, target, tau), rtol=1e-5, atol=1e-6
+            )
+        full = judge.loss(ims, qs, target, 1.0, full_vocab=True)
+        assert (full >= judge.loss(ims, qs, target, 1.0) - 1e-5).all()  # more competitors -> larger CE
