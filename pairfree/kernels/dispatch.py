@@ -31,6 +31,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "modulated_rms_norm": ("cuda", "triton", "cpp", "reference"),
     "attention": ("triton", "sdpa", "reference"),
     "judge_loss": ("triton", "reference"),
+    "linear_attention": ("triton", "reference"),
 }
 
 
