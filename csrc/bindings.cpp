@@ -1,5 +1,6 @@
 // Python bindings of pairfree._C. The torch.ops.pairfree.* operators (with autograd and fake kernels) are
 // registered in Python (pairfree/kernels/); they call these functions for the "cpp" and "cuda" backends.
+#include "dmd_flow.h"
 #include "modulated_rms_norm.h"
 
 #include <ATen/Parallel.h>
@@ -51,4 +52,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("modulated_rms_norm_fwd", &pairfree::mrn_fwd, "modulated RMSNorm forward -> (y, x_sum, rstd)");
   m.def("modulated_rms_norm_bwd", &pairfree::mrn_bwd,
         "modulated RMSNorm backward -> (dx, dresidual, dweight, dshift, dscale, dgate)");
+  m.def("dmd_loss_fwd", &pairfree::dmd_loss_fwd_cpu, "DMD loss forward (CPU) -> (loss (B,), norm (B,))");
+  m.def("dmd_loss_bwd", &pairfree::dmd_loss_bwd_cpu, "DMD loss backward (CPU) -> dx");
+  m.def("flow_step_fwd", &pairfree::flow_step_fwd_cpu, "flow step forward (CPU) -> (x0, x_next)");
+  m.def("flow_step_bwd", &pairfree::flow_step_bwd_cpu, "flow step backward (CPU) -> (dx_t, dv, deps)");
 }

@@ -32,6 +32,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "attention": ("triton", "sdpa", "reference"),
     "judge_loss": ("triton", "reference"),
     "linear_attention": ("triton", "reference"),
+    "dmd_loss": ("triton", "cpp", "reference"),
+    "flow_step": ("triton", "cpp", "reference"),
 }
 
 
