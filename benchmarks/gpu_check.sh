@@ -30,6 +30,10 @@ $PY benchmarks/modulated_rms_norm.py --out "$OUT" >"$OUT/bench_modulated_rms_nor
 bench_rc=$?
 $PY benchmarks/attention.py --out "$OUT" >"$OUT/bench_attention.md" 2>&1
 attn_rc=$?
+$PY benchmarks/fused_ops.py --out "$OUT" >"$OUT/bench_fused_ops.md" 2>&1
+fused_rc=$?
+$PY benchmarks/unroll_memory.py --out "$OUT" >"$OUT/bench_unroll_memory.md" 2>&1
+unroll_rc=$?
 
 echo
 echo "== summary =="
@@ -39,9 +43,15 @@ echo "| build pairfree._C (CUDA) | rc=$build_rc |"
 echo "| tests (not slow) | rc=$tests_rc: $(grep -E '(passed|failed)' "$OUT/tests.log" | tail -1) |"
 echo "| benchmark modulated_rms_norm | rc=$bench_rc |"
 echo "| benchmark attention | rc=$attn_rc |"
+echo "| benchmark fused_ops | rc=$fused_rc |"
+echo "| benchmark unroll_memory | rc=$unroll_rc |"
 echo
 grep -E "^\| op |^\|---|\| full \|" "$OUT/bench_modulated_rms_norm.md" || tail -20 "$OUT/bench_modulated_rms_norm.md"
 echo
 grep -E "^\| shape |^\|---|\| full \|" "$OUT/bench_attention.md" | head -80 || tail -20 "$OUT/bench_attention.md"
 [ $tests_rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
-exit $(( build_rc || tests_rc || bench_rc || attn_rc ))
+echo
+grep -E "^\| " "$OUT/bench_fused_ops.md" | head -40
+echo
+grep -E "^\| " "$OUT/bench_unroll_memory.md" | head -10
+exit $(( build_rc || tests_rc || bench_rc || attn_rc || fused_rc || unroll_rc ))

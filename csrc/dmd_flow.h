@@ -17,8 +17,9 @@ at::Tensor dmd_loss_bwd_cpu(const at::Tensor& dloss, const at::Tensor& real, con
 // Flow step: x0 = x_t - t * v; x_next = (1 - t_next) * x0 + t_next * eps. Returns (x0, x_next).
 std::tuple<at::Tensor, at::Tensor> flow_step_fwd_cpu(const at::Tensor& x_t, const at::Tensor& v, const at::Tensor& eps,
                                                      const at::Tensor& t, const at::Tensor& t_next);
-// Returns (dx_t, dv, deps) from (dx0, dx_next).
+// Returns (dx_t, dv, deps) from (dx0, dx_next); deps is undefined unless need_deps.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_step_bwd_cpu(const at::Tensor& dx0, const at::Tensor& dx_next,
-                                                                 const at::Tensor& t, const at::Tensor& t_next);
+                                                                 const at::Tensor& t, const at::Tensor& t_next,
+                                                                 bool need_deps);
 
 }  // namespace pairfree

@@ -2,12 +2,13 @@
 
 The generator samples K steps (DESIGN.md): x̂0 = G(x_0 = ε, t_0); then re-noise with *fresh* noise to t_1,
 predict x̂0 again, ... The judge's and DMD's gradients must flow through every step. Plain autograd keeps every
-step's activations (memory linear in K). :func:`unroll` with ``checkpoint=True`` wraps each generator call in
-non-reentrant ``torch.utils.checkpoint``: only each step's input latent is kept, and during backward the steps
-are recomputed one at a time (the RNG state of each call is replayed, so stochastic generators recompute
-identically), so activation memory is one generator call plus K latents, with the same gradients. Gradients
-stay in one autograd graph, so each parameter's gradient is accumulated once per backward — which DeepSpeed
-ZeRO-3 requires (it re-gathers partitioned parameters when the step is recomputed).
+step's activations (memory linear in K). :func:`unroll` with ``checkpoint=True`` wraps each generator call but
+the last (whose activations backward needs first anyway) in non-reentrant ``torch.utils.checkpoint``: only each
+step's input latent is kept, and during backward the steps are recomputed one at a time, replaying each call's
+RNG state so stochastic generators recompute identically. Activation memory is one generator call plus K
+latents, with the same gradients. Gradients stay in one autograd graph, so each parameter's gradient is
+accumulated once per backward — which DeepSpeed ZeRO-3 requires (it re-gathers partitioned parameters when a
+step is recomputed).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def unroll(
         x = x.detach()
     ts = ts[grad_from:]
     for i, t in enumerate(ts):
-        if checkpoint:
+        if checkpoint and i + 1 < len(ts):  # the last step's activations are used at once: no recompute
             x0 = torch.utils.checkpoint.checkpoint(step, x, _t(t, x), *inputs, use_reentrant=False)
         else:
             x0 = step(x, _t(t, x), *inputs)

@@ -82,3 +82,21 @@ def test_attention_benchmark_quick(tmp_path):
     assert all(r["TFLOPs"] > 0 for r in rows if "note" not in r)
     assert {r["shape"] for r in rows} == {"gqa-causal", "cross-padded", "vision-varlen"}
     assert (tmp_path / "attention_quick_cpu.json").exists()
+
+
+def test_fused_ops_benchmark_quick(tmp_path):
+    from benchmarks import fused_ops as bench
+
+    rows = bench.main(["--quick", "--out", str(tmp_path)])
+    ok = [r for r in rows if "note" not in r]
+    assert {"pairfree-cpp", "eager"} <= {r["provider"] for r in ok}
+    assert all(r["median_ms"] > 0 and r["peak_MiB"] >= 0 for r in ok)
+
+
+def test_unroll_memory_benchmark_quick(tmp_path):
+    from benchmarks import unroll_memory as bench
+
+    rows = bench.main(["--quick", "--out", str(tmp_path), "--repeats", "1"])
+    mem = {(r["variant"], r["K"]): r["peak_MiB"] for r in rows}
+    assert mem[("pairfree", 4)] < 0.5 * mem[("naive", 4)]  # exact bytes on CPU: checkpointing pays off
+    assert mem[("pairfree", 4)] <= 1.15 * mem[("pairfree", 1)]

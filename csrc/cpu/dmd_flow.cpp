@@ -34,11 +34,43 @@ std::pair<float, float> dmd_sample(const T* x, const T* r, const T* f, int64_t n
   for (int64_t j = 0; j < n; ++j) abs_sum += std::fabs(float(x[j]) - float(r[j]));
   const float nm = static_cast<float>(abs_sum / n);
   double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
   for (int64_t j = 0; j < n; ++j) {
     const float g = nan_to_num((float(f[j]) - float(r[j])) / nm);
     sq += double(g) * g;
   }
   return {static_cast<float>(0.5 * sq / n), nm};
+}
+
+template <typename T>
+void dmd_bwd_row(const T* r, const T* f, float nm, float c, T* dx, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dx[j] = static_cast<T>(nan_to_num((float(f[j]) - float(r[j])) / nm) * c);
+}
+
+// One row of the flow step (contiguous, vectorisable).
+template <typename T>
+void flow_fwd_row(const T* x, const T* v, const T* e, float t, float tn, T* x0, T* xn, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = float(x[j]) - t * float(v[j]);
+    x0[j] = static_cast<T>(a);
+    xn[j] = static_cast<T>((1.f - tn) * a + tn * float(e[j]));
+  }
+}
+
+template <typename T>
+void flow_bwd_row(const T* d0, const T* dn, float t, float tn, T* dxt, T* dv, T* de, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const float g = float(d0[j]) + (1.f - tn) * float(dn[j]);  // d/dx0 of both outputs
+    dxt[j] = static_cast<T>(g);
+    dv[j] = static_cast<T>(-t * g);
+  }
+  if (de) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) de[j] = static_cast<T>(tn * float(dn[j]));
+  }
 }
 
 }  // namespace
@@ -75,9 +107,7 @@ at::Tensor dmd_loss_bwd_cpu(const at::Tensor& dloss, const at::Tensor& real, con
     at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t o = i * n;
-        const float nm = pn[i], c = pd[i] / float(n);
-        for (int64_t j = 0; j < n; ++j)
-          pdx[o + j] = static_cast<scalar_t>(nan_to_num((float(pf[o + j]) - float(pr[o + j])) / nm) * c);
+        dmd_bwd_row(pr + o, pf + o, pn[i], pd[i] / float(n), pdx + o, n);
       }
     });
   });
@@ -96,36 +126,30 @@ std::tuple<at::Tensor, at::Tensor> flow_step_fwd_cpu(const at::Tensor& x_t, cons
     const scalar_t *px = x_t.data_ptr<scalar_t>(), *pv = v.data_ptr<scalar_t>(), *pe = eps.data_ptr<scalar_t>();
     const float *pt = tt.data_ptr<float>(), *ptn = tn.data_ptr<float>();
     scalar_t *p0 = x0.data_ptr<scalar_t>(), *pxn = xn.data_ptr<scalar_t>();
-    at::parallel_for(0, b * n, 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        const int64_t i = k / n;
-        const float a = float(px[k]) - pt[i] * float(pv[k]);
-        p0[k] = static_cast<scalar_t>(a);
-        pxn[k] = static_cast<scalar_t>((1.f - ptn[i]) * a + ptn[i] * float(pe[k]));
-      }
+    at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) flow_fwd_row(px + i * n, pv + i * n, pe + i * n, pt[i], ptn[i],
+                                                        p0 + i * n, pxn + i * n, n);
     });
   });
   return {x0, xn};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_step_bwd_cpu(const at::Tensor& dx0, const at::Tensor& dx_next,
-                                                                 const at::Tensor& t, const at::Tensor& t_next) {
+                                                                 const at::Tensor& t, const at::Tensor& t_next,
+                                                                 bool need_deps) {
   check_2d(dx_next, dx0, "dx_next");
   const int64_t b = dx0.size(0), n = dx0.size(1);
   auto tt = t.to(at::kFloat).contiguous(), tn = t_next.to(at::kFloat).contiguous();
-  auto dxt = at::empty_like(dx0), dv = at::empty_like(dx0), de = at::empty_like(dx0);
+  auto dxt = at::empty_like(dx0), dv = at::empty_like(dx0);
+  at::Tensor de = need_deps ? at::empty_like(dx0) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dx0.scalar_type(), "flow_step_bwd_cpu", [&] {
     const scalar_t *p0 = dx0.data_ptr<scalar_t>(), *pn = dx_next.data_ptr<scalar_t>();
     const float *pt = tt.data_ptr<float>(), *ptn = tn.data_ptr<float>();
-    scalar_t *pxt = dxt.data_ptr<scalar_t>(), *pv = dv.data_ptr<scalar_t>(), *pe = de.data_ptr<scalar_t>();
-    at::parallel_for(0, b * n, 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        const int64_t i = k / n;
-        const float g = float(p0[k]) + (1.f - ptn[i]) * float(pn[k]);  // d/dx0 of both outputs
-        pxt[k] = static_cast<scalar_t>(g);
-        pv[k] = static_cast<scalar_t>(-pt[i] * g);
-        pe[k] = static_cast<scalar_t>(ptn[i] * float(pn[k]));
-      }
+    scalar_t *pxt = dxt.data_ptr<scalar_t>(), *pv = dv.data_ptr<scalar_t>();
+    scalar_t* pe = need_deps ? de.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        flow_bwd_row(p0 + i * n, pn + i * n, pt[i], ptn[i], pxt + i * n, pv + i * n, pe ? pe + i * n : nullptr, n);
     });
   });
   return {dxt, dv, de};

@@ -87,14 +87,15 @@ class _FlowStep(torch.autograd.Function):
         dxn = torch.zeros_like(ref) if dxn is None else dxn
         d0, dn = dx0.reshape(b, -1).contiguous(), dxn.reshape(b, -1).contiguous()
         if backend == "cpp":
-            dxt, dv, de = dispatch.extension().flow_step_bwd(d0, dn, tf, tnf)
+            dxt, dv, de = dispatch.extension().flow_step_bwd(d0, dn, tf, tnf, ctx.needs_input_grad[2])
+            de = de if ctx.needs_input_grad[2] else None
         else:
             dxt, dv, de = torch.empty_like(d0), torch.empty_like(d0), torch.empty_like(d0)
             total = d0.numel()
             _bwd_kernel[(triton.cdiv(total, _block()),)](
                 d0, dn, tf, tnf, dxt, dv, de, d0.shape[1], total, BLOCK=_block()
             )
-        return dxt.view(shape), dv.view(shape), de.view(shape), None, None, None
+        return dxt.view(shape), dv.view(shape), None if de is None else de.view(shape), None, None, None
 
 
 def flow_step(x_t, v, eps, t, t_next, backend: str = "auto"):
