@@ -61,6 +61,19 @@ def _presets(args) -> int:
     return 0
 
 
+def _pretrain(args) -> int:
+    import importlib
+
+    from pairfree.config import load_config
+    from pairfree.pretrain.common import PretrainConfig
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    metrics = importlib.import_module(f"pairfree.pretrain.{args.model}").run(cfg, resume=args.resume)
+    print(json.dumps(metrics, indent=1, sort_keys=True))
+    print(f"model, MODEL_CARD.md and loss.png in {cfg.out}/model")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pairfree", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("presets", help="build model presets on the meta device and print their parameter counts")
     p.add_argument("paths", nargs="+", help="preset YAML files, e.g. configs/models/*.yaml")
     p.set_defaults(fn=_presets)
+
+    p = sub.add_parser("pretrain", help="train the shapes world's teacher, judge or evaluator")
+    p.add_argument("model", choices=("teacher", "judge", "evaluator"))
+    p.add_argument("--config", default=None, help="YAML config (configs/shapes/<model>.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. --set loop.steps=100 out=runs/x",
+    )
+    p.set_defaults(fn=_pretrain)
 
     args = parser.parse_args(argv)
     return args.fn(args)

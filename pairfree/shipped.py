@@ -1,0 +1,36 @@
+"""The shapes world's shipped models: ``pairfree.pretrained("shapes-teacher" | "shapes-judge" |
+"shapes-evaluator")`` loads them from the package (``pairfree/weights/``), no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+NAMES = ("shapes-teacher", "shapes-judge", "shapes-evaluator")
+
+
+def pretrained(name: str, path: str | Path | None = None):
+    """Load a shipped model (or the same kind of model from ``path``, e.g. a fresh ``runs/pretrain/*/model``)."""
+    if name not in NAMES:
+        raise ValueError(f"pretrained: unknown model {name!r}; shipped: {', '.join(NAMES)}")
+    root = Path(path) if path is not None else WEIGHTS_DIR / name
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root}: not found. Train it with `pairfree pretrain {name.split('-')[1]} --config "
+            f"configs/shapes/{name.split('-')[1]}.yaml --set ship=true`"
+        )
+    if name == "shapes-evaluator":
+        from pairfree.evaluator import Evaluator
+
+        return Evaluator.from_pretrained(root).eval()
+    if name == "shapes-teacher":
+        from pairfree.pretrain.teacher import Teacher
+
+        return Teacher.from_pretrained(root).eval()
+    from pairfree.judge.qwen import JudgeConfig, load_qwen_judge
+
+    meta = json.loads((root / "judge.json").read_text())
+    judge = load_qwen_judge(root, image_size=meta["image_size"])
+    judge.config = JudgeConfig(image_size=meta["image_size"], answer_tokens=tuple(meta["answer_tokens"]))
+    return judge

@@ -1,0 +1,100 @@
+"""Pretraining: the loop resumes exactly, checkpoints are atomic, the three commands run end to end (tiny), and
+the shipped models load and pass a sanity check."""
+
+import json
+
+import pytest
+import torch
+
+import pairfree
+from pairfree.cli import main as cli
+from pairfree.evaluator import IGNORE, targets
+from pairfree.pretrain.loop import LoopConfig, train
+from pairfree.shipped import WEIGHTS_DIR
+from pairfree.world import Obj, Scene
+
+
+def _toy(tmp_path, steps, resume=False, stop=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def batch(step):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(16, 4, generator=g)
+        return x, x.sum(1, keepdim=True)
+
+    def loss(m, b):
+        noise = 0.01 * torch.randn(())  # uses the global RNG: resume must restore it
+        return (m(b[0]) - b[1]).square().mean() + noise, {}
+
+    cfg = LoopConfig(steps=steps, lr=1e-2, warmup=2, ema=0.9, ckpt_every=3, log_every=1, seed=0)
+    out = train(model, batch, loss, cfg, tmp_path, resume=resume)
+    return model, out
+
+
+def test_resume_continues_identically(tmp_path):
+    full, _ = _toy(tmp_path / "a", 6)
+    _toy(tmp_path / "b", 3)  # "killed" after its step-3 checkpoint
+    resumed, out = _toy(tmp_path / "b", 6, resume=True)
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and [r["step"] for r in b] == list(range(1, 7))
+    assert out["step"] == 6 and (tmp_path / "b" / "loss.png").exists()
+    assert not list((tmp_path / "b").glob("*.tmp"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        _toy(tmp_path / "c", 2, resume=True)
+
+
+def test_evaluator_targets_hide_what_a_style_hides():
+    sc = Scene("blue", "dots", (Obj("star", "red", "stripes", "large", 0, 2),), "grayscale")
+    t = targets([sc])
+    assert t["present"][0].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert t["color"][0, 2] == IGNORE and t["background"][0] == IGNORE  # colours are hidden in grayscale
+    assert t["shape"][0, 2] >= 0 and t["shape"][0, 0] == IGNORE  # empty cells have no attributes
+
+
+@pytest.mark.parametrize("model", ["evaluator", "judge"])
+def test_pretrain_commands_run_tiny(tmp_path, model, capsys):
+    sets = [f"out={tmp_path}", "loop.steps=2", "loop.ckpt_every=1", "eval_items=40", "batch=4"]
+    if model == "judge":
+        sets += ["model.image_size=56", "model.width=32", "model.vision_layers=1", "model.text_layers=1"]
+    assert cli(["pretrain", model, "--config", f"configs/shapes/{model}.yaml", "--set", *sets]) == 0
+    card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert "## Held-out metrics" in card and "pairfree" in card and (tmp_path / "model" / "loss.png").exists()
+    assert (
+        cli(
+            [
+                "pretrain",
+                model,
+                "--config",
+                f"configs/shapes/{model}.yaml",
+                "--resume",
+                "--set",
+                *sets[:1],
+                "loop.steps=3",
+                *sets[2:],
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+
+
+def test_unknown_shipped_model():
+    with pytest.raises(ValueError, match="unknown model 'shapes-vae'"):
+        pairfree.pretrained("shapes-vae")
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-evaluator").is_dir(), reason="evaluator not shipped yet")
+def test_shipped_evaluator_reads_held_out_scenes():
+    from pairfree.pretrain.evaluator import batch_of, scenes_for
+
+    ev = pairfree.pretrained("shapes-evaluator")
+    b = batch_of(scenes_for(123, "val", 0, 64, 0.0), 32)
+    from pairfree.evaluator import accuracy
+
+    with torch.no_grad():
+        acc = accuracy(ev(b["images"]), b["targets"])
+    assert min(acc[k] for k in ("present", "color", "background")) > 0.95, acc
