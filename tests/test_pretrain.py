@@ -98,3 +98,44 @@ def test_shipped_evaluator_reads_held_out_scenes():
     with torch.no_grad():
         acc = accuracy(ev(b["images"]), b["targets"])
     assert min(acc[k] for k in ("present", "color", "background")) > 0.95, acc
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-evaluator").is_dir(), reason="evaluator not shipped yet")
+def test_pretrain_teacher_runs_tiny(tmp_path):
+    sets = [
+        f"out={tmp_path}",
+        "loop.steps=2",
+        "loop.ckpt_every=1",
+        "eval_items=4",
+        "batch=4",
+        "model.dit.num_layers=1",
+        "model.text.num_layers=1",
+    ]
+    assert cli(["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--set", *sets]) == 0
+    assert (tmp_path / "model" / "samples.png").exists() and (tmp_path / "model" / "MODEL_CARD.md").exists()
+
+
+def _recorded(name):
+    return json.loads((WEIGHTS_DIR / name / "metrics.json").read_text())
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-judge").is_dir(), reason="judge not shipped yet")
+def test_shipped_judge_answers_held_out_questions():
+    from pairfree.world.datasets import JudgeVQADataset, collate_vqa
+
+    judge = pairfree.pretrained("shapes-judge")
+    ds = JudgeVQADataset(40, seed=7, split="val", pair_prob=0.0)  # 40 fixed single-image questions
+    b = collate_vqa(ds.__getitems__(list(range(40))))
+    with torch.no_grad():
+        acc = (judge(b["images"], b["question"]).argmax(-1) == b["label"]).float().mean().item()
+    recorded = _recorded("shapes-judge")["single accuracy"]
+    assert acc >= min(0.95, recorded - 0.15) and acc > 0.6, (acc, recorded)
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-teacher").is_dir(), reason="teacher not shipped yet")
+def test_shipped_teacher_samples_images_from_captions():
+    from pairfree.pretrain.teacher import sample
+
+    teacher = pairfree.pretrained("shapes-teacher")
+    x = sample(teacher, ["A large red circle at the center; a plain white background."] * 2, steps=4)
+    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all() and x.std() > 0.05

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import time
@@ -29,6 +30,8 @@ class LoopConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     warmup: int = 100
+    decay: str = "cosine"  # "cosine" (to min_lr_ratio at the last step) or "constant"
+    min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     ema: float = 0.0  # 0: no EMA
     ckpt_every: int = 500
@@ -57,6 +60,18 @@ def _set_rng_states(s):
     random.setstate(s["python"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def lr_factor(step: int, cfg: LoopConfig) -> float:
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    if cfg.decay == "constant":
+        return 1.0
+    if cfg.decay != "cosine":
+        raise ValueError(f"LoopConfig.decay: expected 'cosine' or 'constant', got {cfg.decay!r}")
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def plot_curve(metrics_path: Path, out: Path, title: str) -> None:
@@ -104,7 +119,7 @@ def train(
     random.seed(cfg.seed)
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema else None
     start, wall_before = 0, 0.0
     ckpt = out / "checkpoint.pt"
