@@ -128,6 +128,31 @@ class QwenJudge(nn.Module):
             h, self.model.lm_head.weight, yes_id, no_id, target_yes.to(h.device), temperature, full_vocab=full_vocab
         )
 
+    def caption_loss(
+        self, images: torch.Tensor, captions: list[str], instruction: str = "Describe the image."
+    ) -> torch.Tensor:
+        """Next-token cross-entropy of ``captions`` given one image each (the answer tokens only): the dense
+        image-to-text supervision VLMs are pretrained with, used while training the world's judge."""
+        device = self.answer_ids.device
+        pixel_values, grid = images_to_patches(images.to(device), self.config)
+        prompts = [prompt(instruction, 1, self.tokens_per_image) for _ in captions]
+        full = self.tokenizer(
+            [p + c + "<|im_end|>" for p, c in zip(prompts, captions)],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
+        plen = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        ids, mask = full["input_ids"].to(device), full["attention_mask"].to(device)
+        labels = ids.masked_fill(mask == 0, -100)
+        for i, n in enumerate(plen):
+            labels[i, :n] = -100
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(
+            input_ids=ids, attention_mask=mask, pixel_values=pixel_values.to(dtype), image_grid_thw=grid, labels=labels
+        )
+        return out.loss
+
     def p_yes(self, images, questions) -> torch.Tensor:
         return self.forward(images, questions).softmax(-1)[:, 1]
 

@@ -14,8 +14,11 @@ from pairfree.judge.world import build_world_judge
 from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, ship, write_card
 from pairfree.pretrain.loop import train
 from pairfree.world.bench import build_bench
-from pairfree.world.datasets import JudgeVQADataset, collate_vqa
+from pairfree.world.captions import describe_placed
+from pairfree.world.datasets import JudgeVQADataset, collate_vqa, item_seed
 from pairfree.world.edits import render_edits
+from pairfree.world.render import render
+from pairfree.world.scene import sample_scene
 
 NAME = "shapes-judge"
 
@@ -72,14 +75,41 @@ def evaluate(judge: QwenJudge, seed: int, n: int, resolution: int) -> dict:
 
 def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     out = Path(cfg.out)
-    judge = build_world_judge(seed=cfg.loop.seed, **cfg.model)
+    sizes = {
+        k: v
+        for k, v in cfg.model.items()
+        if k not in ("pair_prob", "single_only_steps", "caption_batch", "caption_weight")
+    }
+    judge = build_world_judge(seed=cfg.loop.seed, **sizes)
     judge.model.requires_grad_(True)
-    ds = JudgeVQADataset(10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution)
-    source = Prefetch(lambda step: collate_vqa(ds.__getitems__(list(range(step * cfg.batch, (step + 1) * cfg.batch)))))
+    mixed = JudgeVQADataset(
+        10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution, pair_prob=cfg.model.get("pair_prob", 0.5)
+    )
+    # curriculum: single-image questions first (they break the symmetry of a from-scratch VLM), then the mix
+    single = JudgeVQADataset(10**9, seed=cfg.loop.seed + 1, split="train", resolution=cfg.resolution, pair_prob=0.0)
+    first = cfg.model.get("single_only_steps", 0)
+
+    # captioning alongside (dense image-to-text supervision: every attribute and position, as VLMs are
+    # pretrained) lets a from-scratch VLM learn to read the image; the Yes/No loss alone stays at chance for long
+    n_cap, cap_weight = cfg.model.get("caption_batch", 0), cfg.model.get("caption_weight", 1.0)
+
+    def batch(step):
+        ds = single if step < first else mixed
+        b = collate_vqa(ds.__getitems__(list(range(step * cfg.batch, (step + 1) * cfg.batch))))
+        if n_cap:
+            scenes = [sample_scene(item_seed(cfg.loop.seed + 2, "train", step * n_cap + i)) for i in range(n_cap)]
+            b["cap_images"] = render(scenes, cfg.resolution)[0] * 2 - 1
+            b["captions"] = [describe_placed(sc) for sc in scenes]
+        return b
+
+    source = Prefetch(batch)
 
     def step_loss(j, b):
-        losses = j.loss(b["images"], b["question"], b["label"])
-        return losses.mean(), {}
+        vqa = j.loss(b["images"], b["question"], b["label"]).mean()
+        if not n_cap:
+            return vqa, {}
+        cap = j.caption_loss(b["cap_images"], b["captions"])
+        return vqa + cap_weight * cap, {"vqa": vqa.item(), "caption": cap.item()}
 
     result = train(
         judge, source, step_loss, cfg.loop, out, resume=resume, title=NAME, params=list(judge.model.parameters())

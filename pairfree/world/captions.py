@@ -51,3 +51,11 @@ def caption(scene: Scene, seed: int = 0) -> str:
     if scene.style != "none":
         text = text.rstrip(".") + STYLE_SUFFIX[scene.style] + "."
     return text[0].upper() + text[1:]
+
+
+def describe_placed(scene: Scene) -> str:
+    """A fixed-order, fully explicit description: every object with its cell, then background and style."""
+    objs = sorted(scene.objects, key=lambda o: (o.row, o.col))
+    parts = [f"{describe(o)} at the {o.position_name()}" for o in objs] or ["no objects"]
+    text = "; ".join(parts) + f"; {_background(scene)}"
+    return text + (STYLE_SUFFIX[scene.style] if scene.style != "none" else "") + "."

@@ -113,3 +113,16 @@ def test_loss_equals_ce_of_the_logits(judge):
             )
         full = judge.loss(ims, qs, target, 1.0, full_vocab=True)
         assert (full >= judge.loss(ims, qs, target, 1.0) - 1e-5).all()  # more competitors -> larger CE
+
+
+def test_caption_loss_scores_only_the_caption(judge):
+    from pairfree.world.captions import describe_placed
+
+    scenes = [sample_scene(s) for s in range(2)]
+    ims = render(scenes, 32)[0] * 2 - 1
+    caps = [describe_placed(s) for s in scenes]
+    with torch.no_grad():
+        loss = judge.caption_loss(ims, caps)
+    n_vocab = len(judge.tokenizer)
+    assert torch.isfinite(loss) and 0.5 * torch.log(torch.tensor(float(n_vocab))) < loss < 3 * torch.log(
+        torch.tensor(float(n_vocab)))  # an untrained model is near uniform over the vocabulary
