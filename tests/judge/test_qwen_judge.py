@@ -125,4 +125,5 @@ def test_caption_loss_scores_only_the_caption(judge):
         loss = judge.caption_loss(ims, caps)
     n_vocab = len(judge.tokenizer)
     assert torch.isfinite(loss) and 0.5 * torch.log(torch.tensor(float(n_vocab))) < loss < 3 * torch.log(
-        torch.tensor(float(n_vocab)))  # an untrained model is near uniform over the vocabulary
+        torch.tensor(float(n_vocab))
+    )  # an untrained model is near uniform over the vocabulary
