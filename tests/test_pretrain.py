@@ -14,11 +14,17 @@ from pairfree.shipped import WEIGHTS_DIR
 from pairfree.world import Obj, Scene
 
 
-def _toy(tmp_path, steps, resume=False, stop=None):
+class _Killed(Exception):
+    pass
+
+
+def _toy(tmp_path, steps, resume=False, kill_at=None):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
 
     def batch(step):
+        if step == kill_at:
+            raise _Killed  # the process dies after its last checkpoint
         g = torch.Generator().manual_seed(step)
         x = torch.randn(16, 4, generator=g)
         return x, x.sum(1, keepdim=True)
@@ -34,7 +40,8 @@ def _toy(tmp_path, steps, resume=False, stop=None):
 
 def test_resume_continues_identically(tmp_path):
     full, _ = _toy(tmp_path / "a", 6)
-    _toy(tmp_path / "b", 3)  # "killed" after its step-3 checkpoint
+    with pytest.raises(_Killed):
+        _toy(tmp_path / "b", 6, kill_at=4)  # dies during step 5, after the step-3 checkpoint
     resumed, out = _toy(tmp_path / "b", 6, resume=True)
     for p, q in zip(full.parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
