@@ -14,7 +14,6 @@ Prints a markdown table and writes benchmarks/results/attention_<device>.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
+from benchmarks.harness import bench_args, markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
 from pairfree.kernels.attention import attention, attention_flops, varlen_attention  # noqa: E402
 
 MODES = ("forward", "backward", "full")
@@ -126,15 +125,7 @@ def time_modes(fn, inputs, device, repeats):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    args, device, dtype = bench_args(__doc__, argv)
     repeats = args.repeats or (2 if args.quick else 10)
     rows = []
     g = torch.Generator().manual_seed(0)

@@ -11,7 +11,6 @@ Prints a markdown table and writes benchmarks/results/fused_ops_<device>.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
+from benchmarks.harness import bench_args, markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
 from pairfree.kernels import dispatch  # noqa: E402
 from pairfree.kernels.dmd import dmd_loss, dmd_loss_reference  # noqa: E402
 from pairfree.kernels.flow_step import flow_step, flow_step_reference  # noqa: E402
@@ -109,15 +108,7 @@ def run_full(fn, inputs):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    args, device, dtype = bench_args(__doc__, argv)
     repeats = args.repeats or (2 if args.quick else 10)
     rows = []
     for name, inputs, provs in cases(device, dtype, args.quick):

@@ -92,3 +92,22 @@ def save(name: str, rows: list[dict], meta: dict, out_dir: Path = RESULTS_DIR) -
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     tmp.replace(path)
     return path
+
+
+def bench_args(doc: str, argv=None, extra=None):
+    """The common benchmark CLI (--device, --dtype, --quick, --repeats, --out); ``extra(parser)`` adds more.
+    Returns ``(args, device, dtype)``: bf16 on GPU, fp32 on CPU unless ``--dtype`` says otherwise."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, few repeats (CI smoke run)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
+    if extra is not None:
+        extra(p)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return args, device, dtype

@@ -9,7 +9,6 @@ Prints a markdown table and writes benchmarks/results/modulated_rms_norm_<device
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
+from benchmarks.harness import bench_args, markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
 from pairfree.kernels import dispatch  # noqa: E402
 from pairfree.kernels.modulated_rms_norm import modulated_rms_norm, modulated_rms_norm_reference  # noqa: E402
 
@@ -81,16 +80,7 @@ def bench_one(fn, x, args, mode, device, repeats):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, few repeats, no torch.compile")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
-    args = p.parse_args(argv)
-
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    args, device, dtype = bench_args(__doc__, argv)
     sizes = SIZES["quick"] if args.quick else SIZES[device.type]
     repeats = args.repeats or (3 if args.quick else 10)
     provs = providers(device, skip_compile=args.quick)

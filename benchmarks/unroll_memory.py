@@ -12,7 +12,6 @@ Peak memory: CUDA allocator peak on GPU; on CPU the exact live tensor bytes of p
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
+from benchmarks.harness import bench_args, markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
 from pairfree.flow import few_step_schedule, x0_from_velocity  # noqa: E402
 from pairfree.kernels.dmd import dmd_loss, dmd_loss_reference  # noqa: E402
 from pairfree.memory import LiveBytesMeter  # noqa: E402
@@ -75,18 +74,12 @@ def step_fn(model, text, ref, real, fake, noise, k, variant):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--latent", type=int, default=32)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    def _extra(q):
+        q.add_argument("--layers", type=int, default=4)
+        q.add_argument("--batch", type=int, default=1)
+        q.add_argument("--latent", type=int, default=32)
+
+    args, device, dtype = bench_args(__doc__, argv, _extra)
     repeats = args.repeats or (2 if args.quick else 5)
     model, text, ref, real, fake, noise = build(args, device, dtype)
     for prm in model.parameters():
