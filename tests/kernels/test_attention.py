@@ -7,12 +7,10 @@ Triton kernels run under TRITON_INTERPRET=1 in fp32/fp16 at small sizes; bf16 an
 
 import pytest
 import torch
+from helpers import CUDA, TRITON_CPU, triton_params
 
 from pairfree.kernels import dispatch
 from pairfree.kernels.attention import attention, attention_reference, varlen_attention, varlen_attention_reference
-
-CUDA = torch.cuda.is_available()
-TRITON_CPU = dispatch.live_backends("cpu")["triton"] is None
 
 
 def _naive(q, k, v, mask, causal):
@@ -74,20 +72,7 @@ CASES = [  # b, h, hk, nq, nk, d, causal, key mask
 ]
 
 
-def _params(dtypes):
-    out = []
-    for device in ["cpu"] + (["cuda"] if CUDA else []):
-        for dtype in dtypes:
-            marks = [pytest.mark.gpu] if device == "cuda" else []
-            if device == "cpu" and not TRITON_CPU:
-                marks.append(pytest.mark.skip(reason="Triton on CPU needs TRITON_INTERPRET=1"))
-            if device == "cpu" and dtype == torch.bfloat16:
-                marks.append(pytest.mark.skip(reason="the Triton interpreter has no bf16"))
-            out.append(pytest.param(device, dtype, marks=marks, id=f"{device}-{str(dtype)[6:]}"))
-    return out
-
-
-@pytest.mark.parametrize("device,dtype", _params([torch.float32, torch.float16, torch.bfloat16]))
+@pytest.mark.parametrize("device,dtype", triton_params())
 @pytest.mark.parametrize("b,h,hk,nq,nk,d,causal,masked", CASES)
 def test_triton_matches_reference(device, dtype, b, h, hk, nq, nk, d, causal, masked):
     q, k, v, mask, do = _case(b, h, hk, nq, nk, d, causal, masked, dtype, device)
@@ -109,7 +94,7 @@ def test_triton_large_on_gpu(dtype, b, h, hk, n, d, causal):
     )
 
 
-@pytest.mark.parametrize("device,dtype", _params([torch.float32, torch.float16, torch.bfloat16]))
+@pytest.mark.parametrize("device,dtype", triton_params())
 @pytest.mark.parametrize("causal", [False, True])
 def test_varlen_matches_reference(device, dtype, causal):
     cu = torch.tensor([0, 5, 23, 40, 41], dtype=torch.int32, device=device)

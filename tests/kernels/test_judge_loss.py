@@ -3,26 +3,10 @@ the materialised one; peak memory independent of the vocabulary size."""
 
 import pytest
 import torch
+from helpers import CUDA, TRITON_CPU, triton_params
 
-from pairfree.kernels import dispatch
 from pairfree.kernels.judge_loss import full_vocab_loss_reference, judge_loss, judge_loss_reference
 from pairfree.memory import LiveBytesMeter
-
-CUDA = torch.cuda.is_available()
-TRITON_CPU = dispatch.live_backends("cpu")["triton"] is None
-
-
-def _params():
-    out = []
-    for device in ["cpu"] + (["cuda"] if CUDA else []):
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            marks = [pytest.mark.gpu] if device == "cuda" else []
-            if device == "cpu" and not TRITON_CPU:
-                marks.append(pytest.mark.skip(reason="Triton on CPU needs TRITON_INTERPRET=1"))
-            if device == "cpu" and dtype == torch.bfloat16:
-                marks.append(pytest.mark.skip(reason="the Triton interpreter has no bf16"))
-            out.append(pytest.param(device, dtype, marks=marks, id=f"{device}-{str(dtype)[6:]}"))
-    return out
 
 
 def _inputs(b, d, v, dtype, device, scale=1.0):
@@ -33,7 +17,7 @@ def _inputs(b, d, v, dtype, device, scale=1.0):
     return h, w, target
 
 
-@pytest.mark.parametrize("device,dtype", _params())
+@pytest.mark.parametrize("device,dtype", triton_params())
 @pytest.mark.parametrize(
     "b,d,v,temperature", [(5, 64, 100, 1.0), (3, 200, 50, 0.1), (8, 1000, 7, 0.37), (1, 17, 3, 2.0)]
 )

@@ -4,13 +4,11 @@ plain PyTorch in the same dtype), odd sizes; the fused path keeps no per-token i
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CUDA, TRITON_CPU, triton_params
 
 from pairfree.kernels import dispatch
 from pairfree.kernels.linear_attention import linear_attention, linear_attention_reference
 from pairfree.memory import SavedTensorsMeter
-
-CUDA = torch.cuda.is_available()
-TRITON_CPU = dispatch.live_backends("cpu")["triton"] is None
 
 
 def _naive(q, k, v, eps=1e-15):
@@ -21,26 +19,13 @@ def _naive(q, k, v, eps=1e-15):
     return (out[:, :, :-1] / (out[:, :, -1:] + eps)).transpose(-1, -2)
 
 
-def _params():
-    out = []
-    for device in ["cpu"] + (["cuda"] if CUDA else []):
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            marks = [pytest.mark.gpu] if device == "cuda" else []
-            if device == "cpu" and not TRITON_CPU:
-                marks.append(pytest.mark.skip(reason="Triton on CPU needs TRITON_INTERPRET=1"))
-            if device == "cpu" and dtype == torch.bfloat16:
-                marks.append(pytest.mark.skip(reason="the Triton interpreter has no bf16"))
-            out.append(pytest.param(device, dtype, marks=marks, id=f"{device}-{str(dtype)[6:]}"))
-    return out
-
-
 def _grads(fn, inputs, do):
     inputs = [x.detach().clone().requires_grad_() for x in inputs]
     out = fn(*inputs)
     return [out] + list(torch.autograd.grad(out, inputs, do))
 
 
-@pytest.mark.parametrize("device,dtype", _params())
+@pytest.mark.parametrize("device,dtype", triton_params())
 @pytest.mark.parametrize("b,h,n,d", [(2, 3, 37, 32), (1, 2, 100, 20), (2, 1, 16, 64), (1, 2, 129, 112)])
 def test_triton_matches_reference(device, dtype, b, h, n, d):
     g = torch.Generator().manual_seed(n + d)
