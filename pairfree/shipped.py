@@ -28,9 +28,7 @@ def pretrained(name: str, path: str | Path | None = None):
         from pairfree.pretrain.teacher import Teacher
 
         return Teacher.from_pretrained(root).eval()
-    from pairfree.judge.qwen import JudgeConfig, load_qwen_judge
+    from pairfree.judge.qwen import load_qwen_judge
 
     meta = json.loads((root / "judge.json").read_text())
-    judge = load_qwen_judge(root, image_size=meta["image_size"])
-    judge.config = JudgeConfig(image_size=meta["image_size"], answer_tokens=tuple(meta["answer_tokens"]))
-    return judge
+    return load_qwen_judge(root, image_size=meta["image_size"])

@@ -8,7 +8,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -106,7 +106,3 @@ def command_line() -> str:
         if sys.argv and sys.argv[0].endswith("pairfree")
         else " ".join(["python -m pairfree.cli"] + sys.argv[1:])
     )
-
-
-def dump(obj) -> dict:
-    return asdict(obj)
