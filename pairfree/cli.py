@@ -74,6 +74,34 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from pairfree.train.run import train
+
+    return train(args)
+
+
+def _edit(args) -> int:
+    from pairfree.edit import EditPipeline, load_image, save_image
+
+    pipe = EditPipeline.from_pretrained(args.model)
+    image, note = load_image(args.image, pipe.resolution)
+    if note:
+        print(f"{args.image}: {note}")
+    out = pipe(image, args.instruction, steps=args.steps, seed=args.seed)
+    print(f"wrote {save_image(out, args.out)}")
+    return 0
+
+
+def _eval(args) -> int:
+    from pairfree.eval.editing import BASELINES, evaluate, markdown_table
+
+    baselines = BASELINES if args.baselines == "all" else tuple(b for b in args.baselines.split(",") if b)
+    results = evaluate(args.model, args.bench, args.out, steps=args.steps, baselines=baselines)
+    print(markdown_table(results))
+    print(f"metrics.json, metrics.md and grid.png in {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pairfree", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +156,29 @@ def main(argv: list[str] | None = None) -> int:
         help="dotted overrides, e.g. --set loop.steps=100 out=runs/x",
     )
     p.set_defaults(fn=_pretrain)
+
+    p = sub.add_parser("train", help="train the pair-free editor (also: deepspeed --module pairfree.train ...)")
+    from pairfree.train.run import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(fn=_train)
+
+    p = sub.add_parser("edit", help="edit an image with a trained editor")
+    p.add_argument("--model", required=True, help="editor directory (written by `pairfree train`)")
+    p.add_argument("--image", required=True, help="any image file; resized to the model's resolution")
+    p.add_argument("--instruction", required=True)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="edited.png")
+    p.set_defaults(fn=_edit)
+
+    p = sub.add_parser("eval", help="evaluate an editor and the baselines on the world benchmark")
+    p.add_argument("--model", default=None, help="editor directory (omit to evaluate the baselines only)")
+    p.add_argument("--bench", required=True, help="benchmark directory (`pairfree world bench --out DIR`)")
+    p.add_argument("--out", default="runs/eval")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--baselines", default="all", help="comma list of identity,teacher; 'all' or '' for none")
+    p.set_defaults(fn=_eval)
 
     args = parser.parse_args(argv)
     return args.fn(args)

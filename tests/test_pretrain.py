@@ -66,7 +66,8 @@ def test_evaluator_targets_hide_what_a_style_hides():
 def test_pretrain_commands_run_tiny(tmp_path, model, capsys):
     sets = [f"out={tmp_path}", "loop.steps=2", "loop.ckpt_every=1", "eval_items=40", "batch=4"]
     if model == "judge":
-        sets += ["model.image_size=56", "model.width=32", "model.vision_layers=1", "model.text_layers=1"]
+        sets += ["model.width=32", "model.vision_layers=1", "model.text_layers=1", "model.vision_steps=1"]
+        sets += ["model.dense_batch=4", "model.caption_batch=2"]
     assert cli(["pretrain", model, "--config", f"configs/shapes/{model}.yaml", "--set", *sets]) == 0
     card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
     assert "## Held-out metrics" in card and "pairfree" in card and (tmp_path / "model" / "loss.png").exists()

@@ -30,6 +30,9 @@ class JudgeConfig:
     image_std: tuple[float, float, float] = CLIP_STD
     answer_tokens: tuple[str, str] = ("No", "Yes")
     resize_mode: str = "bicubic"
+    # the question before the images, so every image token can attend to it (our from-scratch world judge:
+    # each cell's token then checks itself against the question); pretrained VLMs take the images first
+    question_first: bool = False
 
     def __post_init__(self):
         factor = self.patch_size * self.merge_size
@@ -57,10 +60,11 @@ def images_to_patches(images: torch.Tensor, cfg: JudgeConfig) -> tuple[torch.Ten
     return pixel_values, grid
 
 
-def prompt(question: str, num_images: int, tokens_per_image: int) -> str:
+def prompt(question: str, num_images: int, tokens_per_image: int, question_first: bool = False) -> str:
     """The chat-formatted prompt with one vision block per image; the answer is predicted after it."""
     vision = ("<|vision_start|>" + "<|image_pad|>" * tokens_per_image + "<|vision_end|>") * num_images
-    return f"<|im_start|>user\n{vision}{question}<|im_end|>\n<|im_start|>assistant\n"
+    body = question + vision if question_first else vision + question
+    return f"<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n"
 
 
 class QwenJudge(nn.Module):
@@ -89,7 +93,8 @@ class QwenJudge(nn.Module):
         return self
 
     def encode_text(self, questions: list[str], num_images: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = [prompt(q, n, self.tokens_per_image) for q, n in zip(questions, num_images)]
+        qf = self.config.question_first
+        texts = [prompt(q, n, self.tokens_per_image, qf) for q, n in zip(questions, num_images)]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
@@ -108,6 +113,15 @@ class QwenJudge(nn.Module):
         hidden = out.last_hidden_state  # (B, L, D)
         last = mask.sum(1) - 1  # right padding: the answer position is each prompt's last token
         return hidden[torch.arange(hidden.shape[0], device=device), last]
+
+    def vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The vision tower's merged tokens ``(N, tokens_per_image, D)`` for ``images`` ``(N, 3, H, W)``, row-major
+        over the merged patch grid (what the language model sees in place of each image's pad tokens)."""
+        device = self.answer_ids.device
+        pixel_values, grid = images_to_patches(images.to(device), self.config)
+        dtype = next(self.model.parameters()).dtype
+        merged = self.model.model.visual(pixel_values.to(dtype), grid_thw=grid).pooler_output
+        return merged.reshape(images.shape[0], self.tokens_per_image, -1)
 
     def forward(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
         """[No, Yes] logits ``(B, 2)`` from the two ``lm_head`` rows only."""
@@ -135,7 +149,7 @@ class QwenJudge(nn.Module):
         image-to-text supervision VLMs are pretrained with, used while training the world's judge."""
         device = self.answer_ids.device
         pixel_values, grid = images_to_patches(images.to(device), self.config)
-        prompts = [prompt(instruction, 1, self.tokens_per_image) for _ in captions]
+        prompts = [prompt(instruction, 1, self.tokens_per_image, self.config.question_first) for _ in captions]
         full = self.tokenizer(
             [p + c + "<|im_end|>" for p, c in zip(prompts, captions)],
             return_tensors="pt",
@@ -162,7 +176,9 @@ def two_token_loss(logits: torch.Tensor, target_yes: torch.Tensor, temperature: 
     return F.cross_entropy(logits / temperature, target_yes.long(), reduction="none")
 
 
-def load_qwen_judge(path, image_size: int = 448, dtype: torch.dtype | None = None) -> QwenJudge:
+def load_qwen_judge(
+    path, image_size: int = 448, dtype: torch.dtype | None = None, question_first: bool = False
+) -> QwenJudge:
     """A judge from a local transformers Qwen2.5-VL directory (config, safetensors weights, tokenizer)."""
     from pathlib import Path
 
@@ -177,4 +193,6 @@ def load_qwen_judge(path, image_size: int = 448, dtype: torch.dtype | None = Non
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(path)
     answers = ("No", "Yes") if "Yes" in tok.get_vocab() else ("no", "yes")
-    return QwenJudge(model, tok, JudgeConfig(image_size=image_size, answer_tokens=answers))
+    return QwenJudge(
+        model, tok, JudgeConfig(image_size=image_size, answer_tokens=answers, question_first=question_first)
+    )

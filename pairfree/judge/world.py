@@ -10,9 +10,16 @@ from pairfree.models.tokenizer import build_world_tokenizer
 
 
 def tiny_qwen_config(
-    tokenizer, width: int = 128, vision_layers: int = 4, text_layers: int = 4, heads: int = 4, kv_heads: int = 2
+    tokenizer,
+    width: int = 128,
+    vision_layers: int = 4,
+    text_layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    tie_embeddings: bool = True,
 ) -> Qwen2_5_VLConfig:
-    """A small Qwen2.5-VL config whose special-token ids come from ``tokenizer``."""
+    """A small Qwen2.5-VL config whose special-token ids come from ``tokenizer``. Tied word embeddings (as
+    Qwen2.5-VL-3B has): what captioning teaches the output rows ("red") the question's input tokens reuse."""
     ids = tokenizer.convert_tokens_to_ids
     head_dim = width // heads
     section = [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8 - 3 * head_dim // 16]
@@ -46,12 +53,15 @@ def tiny_qwen_config(
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
         video_token_id=tokenizer.unk_token_id,
+        tie_word_embeddings=tie_embeddings,
     )
 
 
-def build_world_judge(seed: int = 0, image_size: int = 112, **sizes) -> QwenJudge:
+def build_world_judge(seed: int = 0, image_size: int = 84, question_first: bool = True, **sizes) -> QwenJudge:
     """A randomly initialised world judge (pretrained by ``pairfree pretrain judge``)."""
     tok = build_world_tokenizer()
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(tok, **sizes))
-    return QwenJudge(model, tok, JudgeConfig(image_size=image_size, answer_tokens=("no", "yes")))
+    return QwenJudge(
+        model, tok, JudgeConfig(image_size=image_size, answer_tokens=("no", "yes"), question_first=question_first)
+    )

@@ -8,7 +8,10 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from pairfree import evaluator as attributes
 from pairfree.judge.qwen import QwenJudge
 from pairfree.judge.world import build_world_judge
 from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, ship, write_card
@@ -18,9 +21,70 @@ from pairfree.world.captions import describe_placed
 from pairfree.world.datasets import JudgeVQADataset, collate_vqa, item_seed
 from pairfree.world.edits import render_edits
 from pairfree.world.render import render
-from pairfree.world.scene import sample_scene
+from pairfree.world.scene import GRID, sample_scene
 
 NAME = "shapes-judge"
+TRAINING_KEYS = (
+    "pair_prob",
+    "single_only_steps",
+    "caption_batch",
+    "caption_weight",
+    "vision_steps",
+    "dense_batch",
+    "truth_weight",
+)
+
+
+class CellProbe(nn.Module):
+    """Attribute heads on the judge's merged vision tokens — one token per grid cell when the image size is
+    6 patches (84 px at patch 14, merge 2). Training only: dense per-cell targets teach a from-scratch vision
+    tower to see before (and while) the language model learns to ask about what it sees."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.cells = nn.ModuleDict({k: nn.Linear(width, n) for k, n in attributes.CELL_HEADS.items()})
+        self.scene = nn.ModuleDict({k: nn.Linear(2 * width, n) for k, n in attributes.GLOBAL_HEADS.items()})
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        if tokens.shape[1] != GRID * GRID:
+            raise ValueError(
+                f"judge dense pretraining: {tokens.shape[1]} vision tokens per image, expected one per grid cell "
+                f"({GRID * GRID}); set model.image_size to {GRID * 28}"
+            )
+        pooled = torch.cat([tokens.mean(1), tokens.amax(1)], dim=-1)
+        out = {k: h(tokens) for k, h in self.cells.items()}
+        out.update({k: h(pooled) for k, h in self.scene.items()})
+        return out
+
+
+class JudgeTrainee(nn.Module):
+    """What the loop trains: the judge and its training-only cell probe (the probe is not exported)."""
+
+    def __init__(self, judge: QwenJudge):
+        super().__init__()
+        self.judge, self.probe = judge, CellProbe(judge.model.config.vision_config.out_hidden_size)
+
+    def vqa_loss(self, b: dict, truth_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-token Yes/No CE and, at the same answer position, the full-vocabulary CE of the asked
+        attribute's true value ("blue" for "is the background red?"): a dense signal for the question-keyed
+        look-up that the 1-bit answer alone teaches very slowly from scratch."""
+        from pairfree.kernels.judge_loss import judge_loss
+
+        j = self.judge
+        h = j.answer_hidden(b["images"], b["question"])
+        no_id, yes_id = (int(i) for i in j.answer_ids)
+        vqa = judge_loss(h, j.model.lm_head.weight, yes_id, no_id, b["label"]).mean()
+        rows = [i for i, w in enumerate(b["truth"]) if w]
+        if not truth_weight or not rows:
+            return vqa, torch.zeros(())
+        ids = torch.tensor(j.tokenizer.convert_tokens_to_ids([b["truth"][i] for i in rows]), device=h.device)
+        truth = F.cross_entropy(j.model.lm_head(h[rows]).float(), ids)
+        return vqa, truth
+
+    def dense_loss(self, images: torch.Tensor, scenes) -> tuple[torch.Tensor, dict]:
+        out = self.probe(self.judge.vision_tokens(images))
+        tgt = attributes.targets(scenes)
+        return attributes.loss(out, tgt), attributes.accuracy(out, tgt)
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
@@ -75,46 +139,57 @@ def evaluate(judge: QwenJudge, seed: int, n: int, resolution: int) -> dict:
 
 def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     out = Path(cfg.out)
-    sizes = {
-        k: v
-        for k, v in cfg.model.items()
-        if k not in ("pair_prob", "single_only_steps", "caption_batch", "caption_weight")
-    }
+    sizes = {k: v for k, v in cfg.model.items() if k not in TRAINING_KEYS}
     judge = build_world_judge(seed=cfg.loop.seed, **sizes)
     judge.model.requires_grad_(True)
+    trainee = JudgeTrainee(judge)
     mixed = JudgeVQADataset(
         10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution, pair_prob=cfg.model.get("pair_prob", 0.5)
     )
-    # curriculum: single-image questions first (they break the symmetry of a from-scratch VLM), then the mix
+    # curriculum: (1) the vision tower alone on dense per-cell attribute targets; (2) single-image questions
+    # (they break the symmetry of a from-scratch VLM); (3) the mix. Dense targets stay on as an auxiliary loss.
     single = JudgeVQADataset(10**9, seed=cfg.loop.seed + 1, split="train", resolution=cfg.resolution, pair_prob=0.0)
-    first = cfg.model.get("single_only_steps", 0)
-
+    vision_steps = cfg.model.get("vision_steps", 0)
+    first = vision_steps + cfg.model.get("single_only_steps", 0)
+    n_dense = cfg.model.get("dense_batch", 64)
     # captioning alongside (dense image-to-text supervision: every attribute and position, as VLMs are
     # pretrained) lets a from-scratch VLM learn to read the image; the Yes/No loss alone stays at chance for long
     n_cap, cap_weight = cfg.model.get("caption_batch", 0), cfg.model.get("caption_weight", 1.0)
+    truth_weight = cfg.model.get("truth_weight", 0.0)
+
+    def scenes_at(step, n):
+        return [sample_scene(item_seed(cfg.loop.seed + 2, "train", step * n + i)) for i in range(n)]
 
     def batch(step):
+        if step < vision_steps:
+            scenes = scenes_at(step, n_dense)
+            return {"dense_images": render(scenes, cfg.resolution)[0] * 2 - 1, "scenes": scenes}
         ds = single if step < first else mixed
         b = collate_vqa(ds.__getitems__(list(range(step * cfg.batch, (step + 1) * cfg.batch))))
         if n_cap:
-            scenes = [sample_scene(item_seed(cfg.loop.seed + 2, "train", step * n_cap + i)) for i in range(n_cap)]
+            scenes = scenes_at(step, n_cap)
             b["cap_images"] = render(scenes, cfg.resolution)[0] * 2 - 1
             b["captions"] = [describe_placed(sc) for sc in scenes]
+            b["scenes"] = scenes
         return b
 
-    source = Prefetch(batch)
+    def step_loss(m: JudgeTrainee, b):
+        if "dense_images" in b:
+            dense, acc = m.dense_loss(b["dense_images"], b["scenes"])
+            return dense, {"dense": dense.item(), "cell acc": sum(acc.values()) / len(acc)}
+        vqa, truth = m.vqa_loss(b, truth_weight)
+        logs = {"vqa": vqa.item(), "truth": truth.item()}
+        loss = vqa + truth_weight * truth
+        if n_cap:
+            cap = m.judge.caption_loss(b["cap_images"], b["captions"])
+            dense, _ = m.dense_loss(b["cap_images"], b["scenes"])
+            loss = loss + cap_weight * cap + dense
+            logs.update(caption=cap.item(), dense=dense.item())
+        return loss, logs
 
-    def step_loss(j, b):
-        vqa = j.loss(b["images"], b["question"], b["label"]).mean()
-        if not n_cap:
-            return vqa, {}
-        cap = j.caption_loss(b["cap_images"], b["captions"])
-        return vqa + cap_weight * cap, {"vqa": vqa.item(), "caption": cap.item()}
-
-    result = train(
-        judge, source, step_loss, cfg.loop, out, resume=resume, title=NAME, params=list(judge.model.parameters())
-    )
-    final = result["ema"] or judge
+    result = train(trainee, Prefetch(batch), step_loss, cfg.loop, out, resume=resume, title=NAME)
+    judge = trainee.judge
+    final = result["ema"].judge if result["ema"] is not None else judge
     final.model.requires_grad_(False)
     metrics = evaluate(final, cfg.loop.seed, cfg.eval_items, cfg.resolution)
     export = out / "model"
@@ -122,18 +197,30 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     final.model.save_pretrained(export)
     final.tokenizer.save_pretrained(export)
     (export / "judge.json").write_text(
-        json.dumps({"image_size": final.config.image_size, "answer_tokens": list(final.config.answer_tokens)})
+        json.dumps(
+            {
+                "image_size": final.config.image_size,
+                "answer_tokens": list(final.config.answer_tokens),
+                "question_first": final.config.question_first,
+            }
+        )
     )
     (export / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     if (out / "loss.png").exists():
         (export / "loss.png").write_bytes((out / "loss.png").read_bytes())
+    vc, tc = final.model.config.vision_config, final.model.config.text_config
     write_card(
         export / "MODEL_CARD.md",
         NAME,
-        "A tiny Qwen2.5-VL (transformers' own class; 4 vision + 4 language layers, width 128, 112-px images) "
-        "with the world's word-level tokenizer, trained from scratch to answer Yes/No about shapes-world images. "
+        f"A tiny Qwen2.5-VL (transformers' own class; {vc.depth} vision + {tc.num_hidden_layers} language layers, "
+        f"width {tc.hidden_size}, {final.config.image_size}-px images: one merged vision token per grid cell) with "
+        "the world's word-level tokenizer, trained from scratch to answer Yes/No about shapes-world images. "
         "It stands in for the frozen pretrained VLM judge of the paper.",
-        "`JudgeVQADataset` (train seeds): half single-image attribute questions (near-miss negatives), half "
+        f"Curriculum: {vision_steps} steps of the vision tower alone on dense per-cell attribute targets "
+        f"({n_dense} images/step, a linear probe per cell token), then Yes/No questions ({cfg.batch}/step; "
+        f"single-image only for the first {first - vision_steps}) with captioning ({n_cap} images/step) and the "
+        "dense targets and the asked attribute's true value as auxiliary losses. `JudgeVQADataset` (train "
+        "seeds): single-image attribute questions (near-miss negatives) and "
         "two-image verification / identity questions with true, unchanged, wrong and extra-change edits; exactly "
         "balanced Yes/No. Loss: the fused two-token CE. Held-out: `val` seeds; the benchmark set (held-out "
         "instruction templates) for the verification AUC.",

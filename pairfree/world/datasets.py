@@ -23,7 +23,7 @@ from pairfree.world.captions import caption
 from pairfree.world.edits import DEFAULT_MIX, check_mix, sample_edit
 from pairfree.world.render import render
 from pairfree.world.scene import STYLES, sample_scene
-from pairfree.world.vqa import pair_question, single_question
+from pairfree.world.vqa import SINGLE_FORMS, pair_question, single_question
 
 SPLITS = ("train", "val", "bench")
 
@@ -95,16 +95,22 @@ class JudgeVQADataset(WorldDataset):
     ``pair_prob`` are two-image (original, edited) questions. Items carry ``images`` ``(n, 3, R, R)``; batch
     them with :func:`collate_vqa`."""
 
-    def __init__(self, length: int, pair_prob: float = 0.5, mix: dict | None = None, **kw):
+    def __init__(
+        self, length: int, pair_prob: float = 0.5, mix: dict | None = None, forms: tuple[str, ...] | None = None, **kw
+    ):
         super().__init__(length, **kw)
         self.pair_prob, self.mix = pair_prob, check_mix(mix or DEFAULT_MIX)
+        unknown = set(forms or ()) - set(SINGLE_FORMS)
+        if unknown:
+            raise ValueError(f"forms: unknown single-image question form(s) {sorted(unknown)}; allowed: {SINGLE_FORMS}")
+        self.forms = tuple(forms) if forms else SINGLE_FORMS
 
     def example(self, index: int):
         s = item_seed(self.seed, self.split, index)
         yes = index % 2 == 0
         if random.Random(s).random() < self.pair_prob:
             return pair_question(s, yes, self.mix)
-        return single_question(s, yes)
+        return single_question(s, yes, forms=self.forms)
 
     def __getitems__(self, js):
         items = [self.example(self.global_index(j)) for j in js]
@@ -119,6 +125,7 @@ class JudgeVQADataset(WorldDataset):
                     "answer": it.answer,
                     "kind": it.kind,
                     "form": it.form,
+                    "truth": it.truth,
                 }
             )
             k += n
@@ -133,6 +140,7 @@ def collate_vqa(items: list[dict]) -> dict:
         "label": torch.tensor([it["answer"] == "Yes" for it in items], dtype=torch.long),
         "kind": [it["kind"] for it in items],
         "form": [it["form"] for it in items],
+        "truth": [it.get("truth") for it in items],
     }
 
 

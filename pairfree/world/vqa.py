@@ -69,17 +69,22 @@ class VQAItem:
     answer: str  # "Yes" | "No"
     kind: str  # "single" | "pair"
     form: str  # which generator made it, for per-form accuracy
+    truth: str | None = None  # the asked attribute's true value as one word (a dense auxiliary target)
 
 
 def _other(rng: random.Random, allowed, current):
     return rng.choice([a for a in allowed if a != current])
 
 
-def single_question(seed: int, yes: bool, style_prob: float = 0.2) -> VQAItem:
-    """A single-image question about the scene of ``seed`` whose answer is Yes iff ``yes``."""
+SINGLE_FORMS = ("shape", "color", "texture", "size", "empty", "background", "count", "style", "exists")
+
+
+def single_question(seed: int, yes: bool, style_prob: float = 0.2, forms: tuple[str, ...] = SINGLE_FORMS) -> VQAItem:
+    """A single-image question about the scene of ``seed`` whose answer is Yes iff ``yes``; ``forms``: the
+    question forms to draw from (a curriculum may start with the global ones)."""
     rng = random.Random(seed)
     scene = sample_scene(rng.getrandbits(63))
-    form = rng.choice(("shape", "color", "texture", "size", "empty", "background", "count", "style", "exists"))
+    form = rng.choice(forms)
     answer = "Yes" if yes else "No"
     if form == "style":
         asked = rng.choice(STYLES[1:])
@@ -92,9 +97,11 @@ def single_question(seed: int, yes: bool, style_prob: float = 0.2) -> VQAItem:
             scene = dataclasses.replace(scene, style=rng.choice(styles))
     o = rng.choice(scene.objects)
     at = f"the object at the {o.position_name()}"
+    truth = None
     if form in ("shape", "color", "texture", "size"):
         allowed = {"shape": SHAPES, "color": tuple(COLORS), "texture": TEXTURES, "size": tuple(SIZES)}[form]
         value = getattr(o, form) if yes else _other(rng, allowed, getattr(o, form))
+        truth = TEXTURE_ADJ[o.texture] if form == "texture" else getattr(o, form)
         if form == "shape":
             q = f"Is {at} a {value}?"
         elif form == "texture":
@@ -107,10 +114,10 @@ def single_question(seed: int, yes: bool, style_prob: float = 0.2) -> VQAItem:
     elif form == "background":
         if rng.random() < 0.5:
             value = scene.background if yes else _other(rng, tuple(COLORS), scene.background)
-            q = f"Is the background {value}?"
+            q, truth = f"Is the background {value}?", scene.background
         else:
             value = scene.background_texture if yes else _other(rng, TEXTURES, scene.background_texture)
-            q = f"Is the background {TEXTURE_ADJ[value]}?"
+            q, truth = f"Is the background {TEXTURE_ADJ[value]}?", TEXTURE_ADJ[scene.background_texture]
     elif form == "count":
         n = len(scene.objects) if yes else _other(rng, range(1, MAX_OBJECTS + 1), len(scene.objects))
         q = f"Are there exactly {n} objects?" if n > 1 else "Is there exactly one object?"
@@ -122,7 +129,7 @@ def single_question(seed: int, yes: bool, style_prob: float = 0.2) -> VQAItem:
             ref = refer(scene, i)
             scene = apply_edit(scene, "remove", {"object": i})
         return VQAItem((scene,), exists_question("a" + ref[3:]), answer, "single", form)
-    return VQAItem((scene,), q + " Answer yes or no.", answer, "single", form)
+    return VQAItem((scene,), q + " Answer yes or no.", answer, "single", form, truth)
 
 
 def _extra_change(scene: Scene, keep: int | None, rng: random.Random) -> Scene:

@@ -1,0 +1,103 @@
+"""Inference: edit an image with a trained few-step editor (``pairfree edit`` and ``EditPipeline``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pairfree.flow import add_noise, few_step_schedule
+from pairfree.models.persistence import CheckpointError
+
+EDITOR_META = "editor.json"
+
+
+@torch.no_grad()
+def edit_images(
+    generator, inputs: torch.Tensor, instructions: list[str], schedule: list[float], seed: int = 0
+) -> torch.Tensor:
+    """Few-step editing of ``inputs`` ``(B, 3, H, W)`` in [-1, 1]: the sampler the editor was trained to unroll."""
+    from pairfree.train.models import editor_x0
+
+    g = torch.Generator(device=inputs.device).manual_seed(seed)
+    text, mask = generator.text.encode(instructions)
+    x = torch.randn(inputs.shape, generator=g, device=inputs.device, dtype=inputs.dtype)
+    for i, t in enumerate(schedule):
+        tt = torch.full((inputs.shape[0],), t, device=inputs.device, dtype=inputs.dtype)
+        x0 = editor_x0(generator, x, tt, inputs, text, mask)
+        if i + 1 < len(schedule):
+            fresh = torch.randn(inputs.shape, generator=g, device=inputs.device, dtype=inputs.dtype)
+            x = add_noise(x0, fresh, torch.full_like(tt, schedule[i + 1]))
+    return x0.clamp(-1, 1)
+
+
+def load_image(path: str | Path, resolution: int) -> tuple[torch.Tensor, str | None]:
+    """An image file as ``(3, r, r)`` in [-1, 1]; returns a note when it had to be converted or resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        im = Image.open(path)
+        im.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    note = []
+    if im.mode != "RGB":
+        note.append(f"converted {im.mode} to RGB")
+        im = im.convert("RGB")
+    if im.size != (resolution, resolution):
+        note.append(f"resized {im.size[0]}x{im.size[1]} to the model's {resolution}x{resolution}")
+        im = im.resize((resolution, resolution), Image.BICUBIC)
+    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
+    return x.permute(2, 0, 1).float() / 127.5 - 1, ("; ".join(note) or None)
+
+
+def save_image(x: torch.Tensor, path: str | Path) -> Path:
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(u8).save(path)
+    return path
+
+
+class EditPipeline:
+    """``EditPipeline.from_pretrained(DIR)(image, instruction)`` -> the edited image ``(3, r, r)`` in [-1, 1].
+
+    ``image``: a ``(3, H, W)`` tensor in [-1, 1] at the model's resolution, or a path to an image file."""
+
+    def __init__(self, generator, resolution: int, steps: int = 4, shift: float = 6.0):
+        self.generator, self.resolution, self.steps, self.shift = generator.eval(), resolution, steps, shift
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> EditPipeline:
+        from pairfree.pretrain.teacher import Teacher
+
+        path = Path(path)
+        meta = path / EDITOR_META
+        if not meta.is_file():
+            raise CheckpointError(f"{meta}: missing (expected an editor directory written by `pairfree train`)")
+        info = json.loads(meta.read_text())
+        return cls(Teacher.from_pretrained(path), info["resolution"], info.get("steps", 4), info.get("shift", 6.0))
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.generator.save_pretrained(path)
+        meta = {"resolution": self.resolution, "steps": self.steps, "shift": self.shift}
+        (path / EDITOR_META).write_text(json.dumps(meta, indent=1))
+        return path
+
+    def __call__(self, image, instruction: str, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+        if isinstance(image, (str, Path)):
+            image, _ = load_image(image, self.resolution)
+        if image.shape != (3, self.resolution, self.resolution):
+            raise ValueError(
+                f"EditPipeline: image shape {tuple(image.shape)}, expected (3, {self.resolution}, {self.resolution})"
+            )
+        schedule = few_step_schedule(steps or self.steps, self.shift)
+        device = next(self.generator.parameters()).device
+        return edit_images(self.generator, image[None].to(device), [instruction], schedule, seed)[0]

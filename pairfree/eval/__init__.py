@@ -1,0 +1,1 @@
+"""Evaluation of editors on the world benchmark."""

@@ -1,0 +1,92 @@
+"""The editor's loss terms (DESIGN.md): the VLM editing loss, DMD against the teacher and the online critic,
+the critic's own flow loss, and the identity-flow loss of the reference-copy warm-up."""
+
+from __future__ import annotations
+
+import torch
+
+from pairfree.flow import add_noise, cfg_combine, logit_normal_t, velocity_target, x0_from_velocity
+from pairfree.kernels.dmd import dmd_loss
+
+
+def judge_images(question: dict, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The images a question shows: (input, output) for "pair", the output alone for "output"."""
+    if question["images"] == "pair":
+        return torch.stack([inputs, output])
+    if question["images"] == "output":
+        return output[None]
+    raise ValueError(f"judge question: images must be 'pair' or 'output', got {question['images']!r}")
+
+
+def vlm_editing_loss(
+    judge,
+    inputs: torch.Tensor,
+    outputs: torch.Tensor,
+    questions: list[list[dict]],
+    temperature: float,
+    identity: bool = True,
+    full_vocab: bool = False,
+) -> tuple[torch.Tensor, dict]:
+    """Mean over samples of mean(verification CE, identity CE), both questions in one batched judge pass.
+
+    ``questions[i]`` = [verify, identity] dicts (``JudgeQuestion.to_dict``); the targets come from them (remove:
+    "is there <object>?" → No). Returns the loss and the judge's mean P(target) per role (for the progress bar).
+    """
+    roles = ("verify", "identity") if identity else ("verify",)
+    images, texts, targets, role_of = [], [], [], []
+    for x, y, qs in zip(inputs, outputs, questions):
+        for q in qs:
+            if q["role"] not in roles:
+                continue
+            images.append(judge_images(q, x, y))
+            texts.append(q["text"])
+            targets.append(1.0 if q["target"] == "Yes" else 0.0)
+            role_of.append(q["role"])
+    target = torch.tensor(targets, device=outputs.device)
+    per_q = judge.loss(images, texts, target, temperature=temperature, full_vocab=full_vocab)
+    role_t = torch.tensor([roles.index(r) for r in role_of], device=outputs.device)
+    per_role = torch.stack([per_q[role_t == i].mean() for i in range(len(roles))])
+    with torch.no_grad():  # P(target answer) at temperature 1, recovered from CE_τ = softplus(−Δ/τ)
+        margin = -temperature * torch.log(torch.expm1(per_q.detach().double()).clamp_min(1e-300))
+        p = torch.sigmoid(margin).float()
+    stats = {f"p_{r}": p[role_t == i].mean().item() for i, r in enumerate(roles)}
+    return per_role.mean(), stats
+
+
+def teacher_x0(model, x_t: torch.Tensor, t: torch.Tensor, captions: list[str], cfg_scale: torch.Tensor | None):
+    """x0 predicted by a text-to-image model (the teacher with CFG on ``captions``, or the critic without)."""
+    if cfg_scale is None:
+        return x0_from_velocity(x_t, model.velocity(x_t, t, captions), t)
+    v = model.velocity(torch.cat([x_t, x_t]), torch.cat([t, t]), list(captions) + [""] * len(captions))
+    cond, uncond = v.chunk(2)
+    return x0_from_velocity(x_t, cfg_combine(cond, uncond, cfg_scale), t)
+
+
+def dmd_generator_loss(
+    x0: torch.Tensor,
+    teacher,
+    critic,
+    captions: list[str],
+    cfg_scale: torch.Tensor,
+    t_range: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DMD2's generator loss: noise x̂0 to t ~ U[t_min, t_max], take the teacher's (real, CFG on the edited
+    caption) and the critic's (fake) x0 predictions, and move x̂0 toward real and away from fake."""
+    b = x0.shape[0]
+    t = torch.empty(b, device=x0.device).uniform_(*t_range, generator=generator)
+    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    with torch.no_grad():
+        x_t = add_noise(x0.detach(), noise, t)
+        real = teacher_x0(teacher, x_t, t, captions, cfg_scale)
+        fake = teacher_x0(critic, x_t, t, captions, None)
+    return dmd_loss(x0, real, fake).mean()
+
+
+def flow_loss(model, x0: torch.Tensor, captions: list[str], reference=None, generator=None) -> torch.Tensor:
+    """Rectified-flow loss on ``x0`` (logit-normal t): the critic's loss on the generator's detached samples,
+    and (with ``reference``) the generator's reference-copy warm-up."""
+    t = logit_normal_t(x0.shape[0], generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    v = model.velocity(add_noise(x0, noise, t), t, captions, reference=reference)
+    return (v - velocity_target(x0, noise)).square().mean()

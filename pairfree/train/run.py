@@ -1,0 +1,55 @@
+"""Entry point shared by ``pairfree train`` and the ``deepspeed`` launcher: config, models, trainer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from pairfree.config import load_config
+from pairfree.train.config import TrainConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML config (configs/shapes/editor.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. --set steps=100 loss.vlm_weight=0.05",
+    )
+    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+
+
+def train(args) -> int:
+    from pairfree.train.models import load_models
+    from pairfree.train.trainer import EditorTrainer
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    models = load_models(cfg.models)
+    if distributed:
+        from pairfree.train.distributed import build_distributed_trainer
+
+        trainer = build_distributed_trainer(cfg, models)
+    else:
+        trainer = EditorTrainer(cfg, models)
+    logs = trainer.run(resume=args.resume)
+    if trainer.is_main:
+        print(json.dumps({"step": trainer.step, "skipped": trainer.skipped, **logs}, indent=1, sort_keys=True))
+        print(f"editor in {cfg.out}/model; metrics.jsonl, loss.png and samples/ in {cfg.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pairfree.train", description="pair-free editor training")
+    add_arguments(p)
+    return train(p.parse_args(argv))

@@ -1,0 +1,361 @@
+"""The pair-free editing trainer (DESIGN.md), single process or one rank under the ``deepspeed`` launcher.
+
+Read top to bottom, one generator update is:
+
+1. a batch of (input image, instruction, edited caption, judge questions) — never a target image;
+2. the generator unrolls the few-step sampler from noise (random k, gradients through every step,
+   checkpointed), conditioned on the clean input's tokens and the instruction → x̂0;
+3. the VLM editing loss: the frozen judge is asked the verification and identity questions about
+   (input, x̂0), two-token CE toward the targets, logit temperature warmed up;
+4. the DMD loss: x̂0 is re-noised, the frozen teacher (CFG on the edited caption) and the online critic
+   predict x0; x̂0 moves toward the teacher and away from the critic;
+5. "do nothing" samples pull x̂0 to the input (MSE); optional pixel identity loss;
+6. clip, skip the update on a non-finite loss or a gradient norm above the threshold (counted), step, EMA;
+7. N_aux critic updates: the flow loss on the generator's detached samples, edited captions.
+
+Stage 0 (``copy_steps``) first teaches the generator to copy its reference (identity flow loss).
+Every random draw of step ``s`` comes from a generator seeded by (seed, s, rank), and batch ``s`` is a fixed
+slice of the dataset, so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pairfree.config import to_dict
+from pairfree.flow import few_step_schedule
+from pairfree.kernels.dmd import dmd_loss  # noqa: F401  (imported for its dispatch registration)
+from pairfree.train.config import TrainConfig
+from pairfree.train.losses import dmd_generator_loss, flow_loss, vlm_editing_loss
+from pairfree.train.models import EditorModels, editor_x0
+from pairfree.unroll import unroll
+from pairfree.world.datasets import EditorDataset, item_seed
+
+# the world vocabulary has no "nothing": the do-nothing instruction is spelled with words it has
+DO_NOTHING = "the same image as the original"
+
+
+def step_rng(seed: int, step: int, rank: int, device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(item_seed(seed, "train", step * 4099 + rank) % 2**63)
+
+
+def temperature(cfg: TrainConfig, edit_step: int) -> float:
+    """Judge-logit temperature: linear warm-up from ``temperature_start`` to 1."""
+    lc = cfg.loss
+    if lc.temperature_steps <= 0:
+        return 1.0
+    return lc.temperature_start + (1 - lc.temperature_start) * min(1.0, edit_step / lc.temperature_steps)
+
+
+class Trainable:
+    """A trained model with its AdamW optimizer — or, under DeepSpeed, its engine (same four calls)."""
+
+    def __init__(self, module, lr: float, betas, weight_decay: float, grad_clip: float, engine=None):
+        self.module, self.engine, self.grad_clip = module, engine, grad_clip
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.opt = None
+        if engine is None:
+            self.opt = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+    def set_lr(self, lr: float) -> None:
+        opt = self.opt if self.engine is None else self.engine.optimizer
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.engine is None:
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            self.engine.backward(loss)
+
+    def clip_and_norm(self) -> float:
+        """Global gradient norm before clipping (clips in place when single-process)."""
+        if self.engine is not None:
+            from pairfree.train.distributed import engine_grad_norm
+
+            return engine_grad_norm(self.engine)
+        return float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf")))
+
+    def step(self) -> None:
+        if self.engine is None:
+            self.opt.step()
+        else:
+            self.engine.step()
+
+    def skip(self) -> None:
+        if self.engine is None:
+            self.opt.zero_grad(set_to_none=True)
+        else:
+            from pairfree.train.distributed import engine_skip
+
+            engine_skip(self.engine)
+
+
+class EditorTrainer:
+    """Owns the models, optimizers, EMA, data and counters of one run; ``run()`` trains to the end."""
+
+    def __init__(self, cfg: TrainConfig, models: EditorModels, rank: int = 0, world_size: int = 1, engines=None):
+        self.cfg, self.m, self.rank, self.world_size = cfg, models, rank, world_size
+        oc = cfg.optim
+        engines = engines or {}
+        self.gen = Trainable(models.generator, oc.lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("generator"))
+        self.critic = Trainable(
+            models.critic, oc.critic_lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("critic")
+        )
+        self.ema = copy.deepcopy(models.generator).requires_grad_(False).eval() if oc.ema else None
+        self.data = EditorDataset(
+            10**12, mix=cfg.mix, seed=cfg.seed, split="train", resolution=cfg.models.resolution, rank=rank,
+            world_size=world_size,
+        )  # fmt: skip
+        self.schedule = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
+        self.device = next(models.generator.parameters()).device
+        self.step, self.skipped, self.wall = 0, 0, 0.0
+        self.out = Path(cfg.out)
+        self.is_main = rank == 0
+
+    # ------------------------------------------------------------------------------------------ data ---
+    def batch(self, step: int) -> list[dict]:
+        b = self.cfg.batch
+        return self.data.__getitems__(list(range(step * b, (step + 1) * b)))
+
+    # ---------------------------------------------------------------------------------- stage 0: copy ---
+    def copy_step(self, step: int) -> dict:
+        """Reference-copy warm-up: the flow loss toward x0 = the reference itself, given the instruction."""
+        items = self.batch(step)
+        g = step_rng(self.cfg.seed, step, self.rank, self.device)
+        ref = torch.stack([it["image"] for it in items]).to(self.device)
+        loss = flow_loss(self.gen.module, ref, [it["instruction"] for it in items], reference=ref, generator=g)
+        return self.update(loss, {"copy": loss.item()})
+
+    # ----------------------------------------------------------------------------- stage 1: editing ---
+    def edit_step(self, step: int) -> dict:
+        cfg, lc = self.cfg, self.cfg.loss
+        items = self.batch(step)
+        g = step_rng(cfg.seed, step, self.rank, self.device)
+        ref = torch.stack([it["image"] for it in items]).to(self.device)
+        nothing = torch.rand(len(items), generator=g, device=self.device) < lc.do_nothing_prob
+        instructions = [DO_NOTHING if n else it["instruction"] for it, n in zip(items, nothing.tolist())]
+
+        # 1. unrolled few-step sampling with gradients through every step
+        k = int(torch.randint(1, cfg.sampler.steps + 1, (), generator=g)) if cfg.sampler.random_k else None
+        noise = torch.randn(ref.shape, generator=g, device=self.device)
+        text, mask = self.gen.module.text.encode(instructions)
+
+        def step_fn(x_t, t, reference, text, mask):
+            return editor_x0(self.gen.module, x_t, t, reference, text, mask)
+
+        x0 = unroll(step_fn, noise, self.schedule, k, (ref, text, mask), generator=g, checkpoint=cfg.sampler.checkpoint)
+
+        logs = {"k": k or cfg.sampler.steps}
+        loss = x0.new_zeros(())
+        edit = (~nothing).nonzero().flatten().tolist()
+        if edit:
+            # 2. VLM editing loss: verification + identity questions in one judge pass
+            vlm, probs = vlm_editing_loss(
+                self.m.judge,
+                ref[edit],
+                x0[edit],
+                [items[i]["questions"] for i in edit],
+                temperature(cfg, step - cfg.copy_steps),
+                identity=lc.identity_question,
+                full_vocab=lc.full_vocab,
+            )
+            # 3. DMD: teacher (CFG on the edited caption, stronger for remove/replace/style) vs the critic
+            scale = torch.tensor(
+                [lc.cfg_scale_strong if items[i]["type"] in lc.strong_types else lc.cfg_scale for i in edit],
+                device=self.device,
+            )
+            captions = [items[i]["edited_caption"] for i in edit]
+            dmd = dmd_generator_loss(
+                x0[edit], self.m.teacher, self.gen_critic, captions, scale, (lc.dmd_t_min, lc.dmd_t_max), g
+            )
+            loss = loss + lc.vlm_weight * vlm + lc.dmd_weight * dmd
+            logs.update(vlm=vlm.item(), dmd=dmd.item(), **probs)
+        if nothing.any():  # 4. "do nothing": the output is the input
+            keep = (x0[nothing] - ref[nothing]).square().mean()
+            loss = loss + lc.do_nothing_weight * keep
+            logs["nothing"] = keep.item()
+        if lc.pixel_identity_weight:
+            loss = loss + lc.pixel_identity_weight * (x0 - ref).abs().mean()
+        logs = self.update(loss, logs)
+
+        # 5. N_aux critic updates on the generator's detached samples (edited captions)
+        if edit:
+            samples = x0[edit].detach()
+            for _ in range(cfg.optim.critic_updates):
+                c_loss = flow_loss(self.critic.module, samples, captions, generator=g)
+                self.critic.backward(c_loss)
+                self.critic.clip_and_norm()
+                self.critic.step()
+            logs["critic"] = c_loss.item()
+        return logs
+
+    @property
+    def gen_critic(self):
+        return self.critic.module
+
+    # --------------------------------------------------------------------------------------- update ---
+    def update(self, loss: torch.Tensor, logs: dict) -> dict:
+        """Backward, clip, skip on a non-finite loss or an exploding gradient (counted), step, EMA."""
+        oc = self.cfg.optim
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.world_size > 1:
+            from pairfree.train.distributed import all_true
+
+            finite = all_true(finite, self.device)
+        if not finite:
+            self.skipped += 1
+            self.gen.skip()
+            return {**logs, "loss": float("nan"), "skipped": self.skipped}
+        self.gen.backward(loss)
+        gnorm = self.gen.clip_and_norm()
+        if not math.isfinite(gnorm) or gnorm > oc.skip_grad_norm:
+            self.skipped += 1
+            self.gen.skip()
+            return {**logs, "loss": loss.item(), "grad_norm": gnorm, "skipped": self.skipped}
+        self.gen.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(self.ema.parameters(), self.gen.module.parameters()):
+                    pe.lerp_(pm.detach().to(pe.dtype), 1 - oc.ema)
+        return {**logs, "loss": loss.item(), "grad_norm": gnorm, "skipped": self.skipped}
+
+    # ----------------------------------------------------------------------------------- checkpoints ---
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.gen.module.state_dict(),
+            "critic": self.critic.module.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "gen_opt": None if self.gen.opt is None else self.gen.opt.state_dict(),
+            "critic_opt": None if self.critic.opt is None else self.critic.opt.state_dict(),
+            "step": self.step,
+            "skipped": self.skipped,
+            "wall_s": self.wall,
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self) -> Path:
+        """Atomic checkpoint (temp file + rename) of everything a resumed run needs."""
+        path = self.out / "checkpoint.pt"
+        if self.world_size > 1:
+            from pairfree.train.distributed import save_engines
+
+            save_engines(self)
+        if self.is_main:
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, path)
+        return path
+
+    def load(self) -> None:
+        path = self.out / "checkpoint.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from (run without --resume first)")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if self.world_size > 1:
+            from pairfree.train.distributed import load_engines
+
+            load_engines(self)
+        else:
+            self.gen.module.load_state_dict(state["generator"])
+            self.critic.module.load_state_dict(state["critic"])
+            self.gen.opt.load_state_dict(state["gen_opt"])
+            self.critic.opt.load_state_dict(state["critic_opt"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.skipped, self.wall = state["step"], state["skipped"], state["wall_s"]
+
+    # ------------------------------------------------------------------------------------------- run ---
+    def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
+        """Train to ``copy_steps + steps`` (or ``stop_after`` steps, for tests); returns the last logs."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load()
+        total = cfg.copy_steps + cfg.steps
+        metrics_path = self.out / "metrics.jsonl"
+        if self.is_main and resume and metrics_path.is_file():  # drop lines logged after the checkpoint
+            kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        writer = self._tensorboard() if cfg.tensorboard and self.is_main else None
+        bar = tqdm(total=total, initial=self.step, desc="pairfree train", disable=not self.is_main, mininterval=1.0)
+        t0, wall0, logs = time.time(), self.wall, {}
+        with open(metrics_path, "a") if self.is_main else open(os.devnull, "w") as log:
+            while self.step < total and (stop_after is None or self.step < stop_after):
+                s = self.step
+                if s < cfg.copy_steps:
+                    self.gen.set_lr(cfg.optim.warmup_lr)
+                    logs = self.copy_step(s)
+                else:
+                    self.gen.set_lr(cfg.optim.lr)
+                    logs = self.edit_step(s)
+                self.step = s + 1
+                self.wall = wall0 + time.time() - t0
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in SHOWN})
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    log.write(
+                        json.dumps({"step": self.step, "stage": "copy" if s < cfg.copy_steps else "edit", **logs})
+                        + "\n"
+                    )
+                    log.flush()
+                    if writer is not None:
+                        for k, v in logs.items():
+                            writer.add_scalar(k, v, self.step)
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.is_main:
+                    self.save_samples(self.out / "samples" / f"step_{self.step:06d}.png")
+                if self.step % cfg.ckpt_every == 0:
+                    self.save()
+                if cfg.max_minutes and self.wall > cfg.max_minutes * 60:
+                    break
+        bar.close()
+        self.save()
+        if self.is_main:
+            self.export(self.out / "model")
+            from pairfree.pretrain.loop import plot_curve
+
+            plot_curve(metrics_path, self.out / "loss.png", "pairfree train")
+        return logs
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise RuntimeError(
+                f"tensorboard: true needs the tensorboard package ({e}); pip install tensorboard"
+            ) from None
+        return SummaryWriter(self.out / "tensorboard")
+
+    def export(self, path: Path) -> Path:
+        """The (EMA) generator as an editor directory that ``EditPipeline.from_pretrained`` loads."""
+        from pairfree.edit import EditPipeline
+
+        gen = self.ema if self.ema is not None else self.gen.module
+        pipe = EditPipeline(gen, self.cfg.models.resolution, self.cfg.sampler.steps, self.cfg.sampler.shift)
+        return pipe.save_pretrained(path)
+
+    @torch.no_grad()
+    def save_samples(self, path: Path, n: int = 8) -> Path:
+        """input | instruction | output for ``n`` fixed held-out edits (one per sub-type, val seeds)."""
+        from pairfree.edit import edit_images
+        from pairfree.train.samples import save_edit_rows
+        from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
+
+        edits = [sample_edit(item_seed(0, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)]) for i in range(n)]
+        inputs, _, _ = render_edits(edits, self.cfg.models.resolution)
+        inputs = (inputs * 2 - 1).to(self.device)
+        gen = self.ema if self.ema is not None else self.gen.module
+        outputs = edit_images(gen, inputs, [e.instruction for e in edits], self.schedule, seed=0)
+        return save_edit_rows(path, inputs, [e.instruction for e in edits], outputs, labels=[e.kind for e in edits])
+
+
+SHOWN = ("loss", "copy", "vlm", "dmd", "p_verify", "p_identity", "critic", "skipped")

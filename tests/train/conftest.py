@@ -1,0 +1,57 @@
+"""Tiny random teacher and judge saved in the shipped layout, so the trainer's loading code is the real one."""
+
+import json
+
+import pytest
+import torch
+
+from pairfree.judge.world import build_world_judge
+from pairfree.models.dit import DiT, DiTConfig
+from pairfree.models.text import WorldTextEncoder
+from pairfree.pretrain.teacher import Teacher
+
+TINY_DIT = dict(
+    in_channels=3, out_channels=3, num_layers=2, num_heads=2, head_dim=16, cross_heads=2, cross_head_dim=16,
+    patch_size=4, norm="rms",
+)  # fmt: skip
+
+
+def save_tiny_teacher(path, seed=0):
+    torch.manual_seed(seed)
+    text = WorldTextEncoder.for_world(seed=seed, width=32, num_layers=1, num_heads=2)
+    teacher = Teacher(DiT(DiTConfig(**TINY_DIT, text_dim=text.dim)), text)
+    return teacher.save_pretrained(path)
+
+
+def save_tiny_judge(path, seed=0):
+    judge = build_world_judge(seed=seed, image_size=84, width=32, vision_layers=1, text_layers=1)
+    judge.model.save_pretrained(path)
+    judge.tokenizer.save_pretrained(path)
+    meta = {"image_size": 84, "answer_tokens": ["no", "yes"], "question_first": True}
+    (path / "judge.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {"teacher": str(save_tiny_teacher(root / "teacher")), "judge": str(save_tiny_judge(root / "judge"))}
+
+
+def tiny_overrides(models, out, **more):
+    sets = {
+        "out": str(out),
+        "models.teacher": models["teacher"],
+        "models.judge": models["judge"],
+        "batch": 3,
+        "copy_steps": 2,
+        "steps": 3,
+        "log_every": 1,
+        "ckpt_every": 2,
+        "sample_every": 0,
+        "optim.critic_updates": 2,
+        "optim.ema": 0.9,
+        "loss.do_nothing_prob": 0.3,
+        **more,
+    }
+    return [f"{k}={v}" for k, v in sets.items()]
