@@ -181,7 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_eval)
 
     args = parser.parse_args(argv)
-    return args.fn(args)
+    from pairfree.config import ConfigError
+    from pairfree.edit import ImageError
+    from pairfree.models.persistence import CheckpointError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, CheckpointError, ImageError, FileNotFoundError) as e:  # bad input: the message names it
+        print(f"pairfree {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

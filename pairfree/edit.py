@@ -13,6 +13,10 @@ from pairfree.models.persistence import CheckpointError
 EDITOR_META = "editor.json"
 
 
+class ImageError(ValueError):
+    """An input image that cannot be read or has the wrong shape; the message names the file or the shape."""
+
+
 @torch.no_grad()
 def edit_images(
     generator, inputs: torch.Tensor, instructions: list[str], schedule: list[float], seed: int = 0
@@ -43,7 +47,7 @@ def load_image(path: str | Path, resolution: int) -> tuple[torch.Tensor, str | N
         im = Image.open(path)
         im.load()
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
+        raise ImageError(f"{path}: not a readable image ({e})") from None
     note = []
     if im.mode != "RGB":
         note.append(f"converted {im.mode} to RGB")
@@ -95,7 +99,7 @@ class EditPipeline:
         if isinstance(image, (str, Path)):
             image, _ = load_image(image, self.resolution)
         if image.shape != (3, self.resolution, self.resolution):
-            raise ValueError(
+            raise ImageError(
                 f"EditPipeline: image shape {tuple(image.shape)}, expected (3, {self.resolution}, {self.resolution})"
             )
         schedule = few_step_schedule(steps or self.steps, self.shift)

@@ -176,6 +176,7 @@ def evaluate(model_dir, bench_dir, out_dir, steps: int = 4, baselines=BASELINES,
         systems["identity"] = bench.inputs * 2 - 1
     if "teacher" in baselines:
         systems["teacher (edited caption)"] = run_teacher(pretrained("shapes-teacher"), bench)
+    systems["ground truth (ceiling)"] = bench.targets * 2 - 1  # what the evaluator's own errors allow
     results = {name: measure(evaluator, bench, outs, judge) for name, outs in systems.items()}
     (out / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     (out / "metrics.md").write_text(markdown_table(results))

@@ -348,11 +348,11 @@ class EditorTrainer:
         """input | instruction | output for ``n`` fixed held-out edits (one per sub-type, val seeds)."""
         from pairfree.edit import edit_images
         from pairfree.train.samples import save_edit_rows
-        from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
+        from pairfree.world.edits import EDIT_TYPES, sample_edit
+        from pairfree.world.render import render
 
         edits = [sample_edit(item_seed(0, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)]) for i in range(n)]
-        inputs, _, _ = render_edits(edits, self.cfg.models.resolution)
-        inputs = (inputs * 2 - 1).to(self.device)
+        inputs = (render([e.source for e in edits], self.cfg.models.resolution)[0] * 2 - 1).to(self.device)
         gen = self.ema if self.ema is not None else self.gen.module
         outputs = edit_images(gen, inputs, [e.instruction for e in edits], self.schedule, seed=0)
         return save_edit_rows(path, inputs, [e.instruction for e in edits], outputs, labels=[e.kind for e in edits])

@@ -1,0 +1,88 @@
+"""Inference (``pairfree edit``, ``EditPipeline``) and the benchmark metrics against the ground truth."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from pairfree import pretrained
+from pairfree.cli import main as cli
+from pairfree.edit import EditPipeline, ImageError, load_image
+from pairfree.eval.editing import measure, psnr
+from pairfree.world.bench import load_bench, save_bench
+
+from .conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def editor_dir(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("editor")
+    sets = tiny_overrides(tiny_models, out, copy_steps=1, steps=1)
+    assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set", *sets]) == 0
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    return save_bench(tmp_path_factory.mktemp("bench"), n_per_type=6, seed=3)
+
+
+@pytest.fixture(scope="module")
+def bench(bench_dir):
+    return load_bench(bench_dir)
+
+
+def test_edit_cli_resizes_and_refuses_unreadable_files(editor_dir, tmp_path, capsys):
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "in.png")
+    code = cli(["edit", "--model", str(editor_dir), "--image", str(tmp_path / "in.png"), "--instruction",
+                "make the circle blue", "--out", str(tmp_path / "out.png")])  # fmt: skip
+    assert code == 0
+    assert "resized 50x40 to the model's 32x32" in capsys.readouterr().out
+    assert Image.open(tmp_path / "out.png").size == (32, 32)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    code = cli(["edit", "--model", str(editor_dir), "--image", str(tmp_path / "bad.png"), "--instruction", "x"])
+    assert code == 2 and "bad.png: not a readable image" in capsys.readouterr().err
+    code = cli(["edit", "--model", str(tmp_path), "--image", str(tmp_path / "in.png"), "--instruction", "x"])
+    assert code == 2 and "editor.json: missing" in capsys.readouterr().err
+
+
+def test_pipeline_api_matches_the_cli_path(editor_dir, tmp_path):
+    pipe = EditPipeline.from_pretrained(editor_dir)
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "in.png")
+    image, note = load_image(tmp_path / "in.png", 32)
+    assert note is None
+    out = pipe(image, "make the background red", seed=1)
+    assert out.shape == (3, 32, 32) and out.abs().max() <= 1
+    torch.testing.assert_close(out, pipe(tmp_path / "in.png", "make the background red", seed=1))
+    with pytest.raises(ImageError, match=r"image shape \(3, 16, 16\), expected \(3, 32, 32\)"):
+        pipe(torch.zeros(3, 16, 16), "x")
+
+
+def test_metrics_against_ground_truth(bench):
+    """The GT target scores as an edit; the unedited input never does; preservation counts what it keeps."""
+    evaluator = pretrained("shapes-evaluator")
+    oracle = measure(evaluator, bench, bench.targets * 2 - 1)["overall"]
+    identity = measure(evaluator, bench, bench.inputs * 2 - 1)["overall"]
+    # the evaluator's own reading errors (styled scenes mostly) put the ceiling below 1
+    assert oracle["edit success"] >= 0.95 and oracle["complete edit"] >= 0.8 and oracle["PSNR outside mask"] == 99.0
+    assert identity["edit success"] == 0.0 and identity["complete edit"] == 0.0
+    assert identity["preservation"] >= 0.9 and identity["L1 outside mask"] < 1e-6
+    # a planted change outside the mask lowers PSNR to the closed form: 10·log10(1 / 0.1²) = 20 dB
+    a = torch.zeros(1, 3, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    mask[..., :4] = True
+    assert psnr(a + 0.1, a, ~mask).item() == pytest.approx(20.0, abs=1e-4)
+    assert torch.isnan(psnr(a, a, torch.zeros_like(mask)))
+
+
+def test_eval_cli_writes_tables(editor_dir, bench, bench_dir, tmp_path, capsys):
+    code = cli(["eval", "--model", str(editor_dir), "--bench", str(bench_dir),
+                "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    res = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(res) == {"editor", "identity", "teacher (edited caption)", "ground truth (ceiling)"}
+    assert set(res["editor"]) == {"overall", *(e.kind for e in bench.edits)}
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| **identity** | overall | 48 |" in table and (tmp_path / "grid.png").is_file()
+    assert "complete edit" in capsys.readouterr().out

@@ -1,0 +1,147 @@
+"""The pair-free trainer: runs end to end (tiny models), never sees a target image, resumes identically, and
+refuses bad input with errors that name it."""
+
+import json
+
+import pytest
+import torch
+
+import pairfree.world.datasets as world_datasets
+import pairfree.world.edits as world_edits
+from pairfree.cli import main as cli
+from pairfree.config import ConfigError, load_config
+from pairfree.models.persistence import CheckpointError
+from pairfree.train.config import TrainConfig
+from pairfree.train.models import load_models
+from pairfree.train.trainer import EditorTrainer
+from pairfree.world.datasets import EDITOR_KEYS, item_seed
+from pairfree.world.edits import DEFAULT_MIX, sample_edit
+
+from .conftest import tiny_overrides
+
+
+def _trainer(models, out, **more):
+    cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(models, out, **more))
+    return EditorTrainer(cfg, load_models(cfg.models))
+
+
+def _metrics(path):
+    return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_trains_end_to_end(tiny_models, tmp_path, capsys):
+    sets = tiny_overrides(tiny_models, tmp_path, sample_every=5)
+    assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set", *sets]) == 0
+    rows = _metrics(tmp_path)
+    assert [r["stage"] for r in rows] == ["copy"] * 2 + ["edit"] * 3
+    for r in rows[2:]:
+        for k in ("vlm", "dmd", "critic", "p_verify", "p_identity", "grad_norm"):
+            assert torch.isfinite(torch.tensor(r[k])), (k, r)
+        assert 1 <= r["k"] <= 4
+    assert (tmp_path / "model" / "editor.json").is_file() and (tmp_path / "loss.png").is_file()
+    assert (tmp_path / "samples" / "step_000005.png").is_file()
+    assert '"step": 5' in capsys.readouterr().out
+
+
+def test_training_loop_never_receives_a_target_image(tiny_models, tmp_path, monkeypatch):
+    """Every image the loop renders is an edit's source; rendering ground-truth edits is forbidden."""
+    rendered = []
+    real_render = world_datasets.render
+
+    def spy(scenes, *a, **kw):
+        scenes = list(scenes)
+        rendered.extend(scenes)
+        return real_render(scenes, *a, **kw)
+
+    def forbidden(*a, **kw):
+        raise AssertionError("the training loop rendered ground-truth edits")
+
+    monkeypatch.setattr(world_datasets, "render", spy)
+    monkeypatch.setattr(world_edits, "render_edits", forbidden)
+    trainer = _trainer(tiny_models, tmp_path)
+    seen_keys = set()
+    real_batch = trainer.batch
+
+    def batch(step):
+        items = real_batch(step)
+        for it in items:
+            seen_keys.update(it)
+        return items
+
+    trainer.batch = batch
+    trainer.run()
+    assert seen_keys == set(EDITOR_KEYS)
+    n = (trainer.cfg.copy_steps + trainer.cfg.steps) * trainer.cfg.batch
+    edits = [sample_edit(item_seed(0, "train", i), DEFAULT_MIX, templates="train") for i in range(n)]
+    assert rendered == [e.source for e in edits]
+    assert not {e.target for e in edits} & set(rendered)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_continues_identically(tiny_models, tmp_path):
+    full = _trainer(tiny_models, tmp_path / "a")
+    full.run()
+    crashed = _trainer(tiny_models, tmp_path / "b")
+    real = crashed.edit_step
+
+    def edit_step(step):
+        if step == 3:
+            raise _Crash  # dies during step 4, after the step-2 checkpoint
+        return real(step)
+
+    crashed.edit_step = edit_step
+    with pytest.raises(_Crash):
+        crashed.run()
+    resumed = _trainer(tiny_models, tmp_path / "b")
+    resumed.run(resume=True)
+    a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    assert a == b  # every loss term, k, grad norm and judge probability of steps 3..5
+    for p, q in zip(full.gen.module.parameters(), resumed.gen.module.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for p, q in zip(full.ema.parameters(), resumed.ema.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert not list((tmp_path / "b").glob("*.tmp"))
+
+
+def test_skips_non_finite_and_exploding_updates(tiny_models, tmp_path):
+    trainer = _trainer(tiny_models, tmp_path, **{"optim.skip_grad_norm": 1e-9})
+    before = [p.detach().clone() for p in trainer.gen.module.parameters()]
+    logs = trainer.run()
+    assert trainer.skipped == 5 and logs["skipped"] == 5
+    for p, q in zip(before, trainer.gen.module.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)  # no update was applied
+    trainer = _trainer(tiny_models, tmp_path / "nan")
+    logs = trainer.update(torch.tensor(float("nan"), requires_grad=True), {})
+    assert trainer.skipped == 1 and logs["skipped"] == 1
+
+
+def test_config_errors_name_the_key(tiny_models, tmp_path):
+    with pytest.raises(ConfigError, match=r"loss.*unknown field\(s\) \['vlm_wieght'\]"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", ["loss.vlm_wieght=1"])
+    with pytest.raises(ConfigError, match="distributed.frozen: expected 'replicate' or 'zero3', got 'zero4'"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", ["distributed.frozen=zero4"])
+    with pytest.raises(ConfigError, match=r"optim.lr: expected float"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", ["optim.lr=fast"])
+    with pytest.raises(CheckpointError, match="models.teacher: '/no/such/dir' is neither a shipped model"):
+        load_models(load_config(TrainConfig, None, ["models.teacher=/no/such/dir"]).models)
+    code = cli(["train", "--config", "configs/shapes/editor.yaml", "--resume", "--set", f"out={tmp_path}/none"])
+    assert code == 2
+
+
+def test_judge_without_yes_no_tokens_is_refused(tiny_models, tmp_path):
+    from pairfree.judge.qwen import JudgeConfig, QwenJudge
+    from pairfree.pretrain.teacher import Teacher  # noqa: F401
+    from pairfree.shipped import pretrained
+    from pairfree.train.models import check_judge_tokens
+
+    judge = pretrained("shapes-judge", tiny_models["judge"])
+    check_judge_tokens(judge)
+    with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
+        QwenJudge(judge.model, judge.tokenizer, JudgeConfig(image_size=84, answer_tokens=("Nope", "Yep")))
+    judge.config = JudgeConfig(image_size=84, answer_tokens=("Nope", "Yep"))
+    with pytest.raises(ValueError, match=r"no \['Nope', 'Yep'\] token"):
+        check_judge_tokens(judge)
