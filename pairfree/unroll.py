@@ -36,7 +36,8 @@ def unroll(
     """Run the first ``k`` steps of ``schedule`` (default: all) from ``noise`` and return the last x̂0.
 
     ``checkpoint``: keep only step inputs, recompute in backward. ``truncate``: gradient only through the last
-    ``truncate`` steps (DRaFT-K style; earlier steps run without a graph). ``generator`` draws the fresh noise.
+    ``truncate`` steps (DRaFT-K style; earlier steps run without a graph). ``generator`` draws the fresh noise
+    (or a list of one generator per sample).
     """
     k = len(schedule) if k is None else k
     if not 1 <= k <= len(schedule):
@@ -64,5 +65,15 @@ def _t(t: float, like: torch.Tensor) -> torch.Tensor:
     return torch.full((like.shape[0],), t, dtype=like.dtype, device=like.device)
 
 
-def _fresh(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _fresh(like: torch.Tensor, generator) -> torch.Tensor:
+    if isinstance(generator, (list, tuple)):  # one generator per sample: draws independent of batch layout
+        return per_sample_randn(generator, like)
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def per_sample_randn(generators, like: torch.Tensor) -> torch.Tensor:
+    """Noise shaped like ``like`` whose row ``i`` comes from ``generators[i]`` (so a sample's noise does not
+    depend on which rank or batch it lands in)."""
+    return torch.stack(
+        [torch.randn(like.shape[1:], generator=g, dtype=like.dtype, device=g.device) for g in generators]
+    ).to(like.device)

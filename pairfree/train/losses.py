@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from pairfree.flow import add_noise, cfg_combine, logit_normal_t, velocity_target, x0_from_velocity
+from pairfree.flow import add_noise, cfg_combine, velocity_target, x0_from_velocity
 from pairfree.kernels.dmd import dmd_loss
+from pairfree.unroll import per_sample_randn
+
+
+def per_sample_rand(generators, device) -> torch.Tensor:
+    """``(B,)`` uniforms, element ``i`` from ``generators[i]``."""
+    return torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators]).to(device)
 
 
 def judge_images(question: dict, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -69,13 +75,13 @@ def dmd_generator_loss(
     captions: list[str],
     cfg_scale: torch.Tensor,
     t_range: tuple[float, float],
-    generator: torch.Generator | None = None,
+    generators: list[torch.Generator],
 ) -> torch.Tensor:
     """DMD2's generator loss: noise x̂0 to t ~ U[t_min, t_max], take the teacher's (real, CFG on the edited
-    caption) and the critic's (fake) x0 predictions, and move x̂0 toward real and away from fake."""
-    b = x0.shape[0]
-    t = torch.empty(b, device=x0.device).uniform_(*t_range, generator=generator)
-    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    caption) and the critic's (fake) x0 predictions, and move x̂0 toward real and away from fake.
+    ``generators``: one per sample (t and noise)."""
+    t = t_range[0] + (t_range[1] - t_range[0]) * per_sample_rand(generators, x0.device)
+    noise = per_sample_randn(generators, x0)
     with torch.no_grad():
         x_t = add_noise(x0.detach(), noise, t)
         real = teacher_x0(teacher, x_t, t, captions, cfg_scale)
@@ -83,10 +89,10 @@ def dmd_generator_loss(
     return dmd_loss(x0, real, fake).mean()
 
 
-def flow_loss(model, x0: torch.Tensor, captions: list[str], reference=None, generator=None) -> torch.Tensor:
+def flow_loss(model, x0: torch.Tensor, captions: list[str], generators, reference=None) -> torch.Tensor:
     """Rectified-flow loss on ``x0`` (logit-normal t): the critic's loss on the generator's detached samples,
-    and (with ``reference``) the generator's reference-copy warm-up."""
-    t = logit_normal_t(x0.shape[0], generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    and (with ``reference``) the generator's reference-copy warm-up. ``generators``: one per sample."""
+    t = torch.sigmoid(per_sample_randn(generators, x0[:, :1, 0, 0]).flatten())
+    noise = per_sample_randn(generators, x0)
     v = model.velocity(add_noise(x0, noise, t), t, captions, reference=reference)
     return (v - velocity_target(x0, noise)).square().mean()

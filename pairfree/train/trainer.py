@@ -14,8 +14,9 @@ Read top to bottom, one generator update is:
 7. N_aux critic updates: the flow loss on the generator's detached samples, edited captions.
 
 Stage 0 (``copy_steps``) first teaches the generator to copy its reference (identity flow loss).
-Every random draw of step ``s`` comes from a generator seeded by (seed, s, rank), and batch ``s`` is a fixed
-slice of the dataset, so a resumed run repeats an uninterrupted one exactly.
+Every random draw of a sample comes from a generator seeded by (seed, step, the sample's global index) and
+batch ``s`` is a fixed slice of the dataset, so a resumed run repeats an uninterrupted one exactly, and N ranks
+with batch B compute what one process with batch N·B computes.
 """
 
 from __future__ import annotations
@@ -34,17 +35,17 @@ from pairfree.config import to_dict
 from pairfree.flow import few_step_schedule
 from pairfree.kernels.dmd import dmd_loss  # noqa: F401  (imported for its dispatch registration)
 from pairfree.train.config import TrainConfig
-from pairfree.train.losses import dmd_generator_loss, flow_loss, vlm_editing_loss
+from pairfree.train.losses import dmd_generator_loss, flow_loss, per_sample_rand, vlm_editing_loss
 from pairfree.train.models import EditorModels, editor_x0
-from pairfree.unroll import unroll
+from pairfree.unroll import per_sample_randn, unroll
 from pairfree.world.datasets import EditorDataset, item_seed
 
 # the world vocabulary has no "nothing": the do-nothing instruction is spelled with words it has
 DO_NOTHING = "the same image as the original"
 
 
-def step_rng(seed: int, step: int, rank: int, device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(item_seed(seed, "train", step * 4099 + rank) % 2**63)
+def seeded(seed: int, stream: str, index: int, device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(item_seed(seed, stream, index) % 2**63)
 
 
 def temperature(cfg: TrainConfig, edit_step: int) -> float:
@@ -127,33 +128,40 @@ class EditorTrainer:
         b = self.cfg.batch
         return self.data.__getitems__(list(range(step * b, (step + 1) * b)))
 
+    def generators(self, step: int) -> list[torch.Generator]:
+        """One generator per sample of this rank's batch, seeded by (seed, step, global sample index)."""
+        b = self.cfg.batch
+        idx = [self.data.global_index(j) for j in range(step * b, (step + 1) * b)]
+        return [seeded(self.cfg.seed, "train", i, self.device) for i in idx]
+
     # ---------------------------------------------------------------------------------- stage 0: copy ---
     def copy_step(self, step: int) -> dict:
         """Reference-copy warm-up: the flow loss toward x0 = the reference itself, given the instruction."""
-        items = self.batch(step)
-        g = step_rng(self.cfg.seed, step, self.rank, self.device)
+        items, gens = self.batch(step), self.generators(step)
         ref = torch.stack([it["image"] for it in items]).to(self.device)
-        loss = flow_loss(self.gen.module, ref, [it["instruction"] for it in items], reference=ref, generator=g)
+        loss = flow_loss(self.gen.module, ref, [it["instruction"] for it in items], gens, reference=ref)
         return self.update(loss, {"copy": loss.item()})
 
     # ----------------------------------------------------------------------------- stage 1: editing ---
     def edit_step(self, step: int) -> dict:
         cfg, lc = self.cfg, self.cfg.loss
-        items = self.batch(step)
-        g = step_rng(cfg.seed, step, self.rank, self.device)
+        items, gens = self.batch(step), self.generators(step)
         ref = torch.stack([it["image"] for it in items]).to(self.device)
-        nothing = torch.rand(len(items), generator=g, device=self.device) < lc.do_nothing_prob
+        nothing = per_sample_rand(gens, self.device) < lc.do_nothing_prob
         instructions = [DO_NOTHING if n else it["instruction"] for it, n in zip(items, nothing.tolist())]
 
         # 1. unrolled few-step sampling with gradients through every step
-        k = int(torch.randint(1, cfg.sampler.steps + 1, (), generator=g)) if cfg.sampler.random_k else None
-        noise = torch.randn(ref.shape, generator=g, device=self.device)
+        shared = seeded(cfg.seed, "train", -1 - step, self.device)  # the same k on every rank
+        k = int(torch.randint(1, cfg.sampler.steps + 1, (), generator=shared)) if cfg.sampler.random_k else None
+        noise = per_sample_randn(gens, ref)
         text, mask = self.gen.module.text.encode(instructions)
 
         def step_fn(x_t, t, reference, text, mask):
             return editor_x0(self.gen.module, x_t, t, reference, text, mask)
 
-        x0 = unroll(step_fn, noise, self.schedule, k, (ref, text, mask), generator=g, checkpoint=cfg.sampler.checkpoint)
+        x0 = unroll(
+            step_fn, noise, self.schedule, k, (ref, text, mask), generator=gens, checkpoint=cfg.sampler.checkpoint
+        )
 
         logs = {"k": k or cfg.sampler.steps}
         loss = x0.new_zeros(())
@@ -175,8 +183,9 @@ class EditorTrainer:
                 device=self.device,
             )
             captions = [items[i]["edited_caption"] for i in edit]
+            edit_gens = [gens[i] for i in edit]
             dmd = dmd_generator_loss(
-                x0[edit], self.m.teacher, self.gen_critic, captions, scale, (lc.dmd_t_min, lc.dmd_t_max), g
+                x0[edit], self.m.teacher, self.critic.module, captions, scale, (lc.dmd_t_min, lc.dmd_t_max), edit_gens
             )
             loss = loss + lc.vlm_weight * vlm + lc.dmd_weight * dmd
             logs.update(vlm=vlm.item(), dmd=dmd.item(), **probs)
@@ -192,16 +201,12 @@ class EditorTrainer:
         if edit:
             samples = x0[edit].detach()
             for _ in range(cfg.optim.critic_updates):
-                c_loss = flow_loss(self.critic.module, samples, captions, generator=g)
+                c_loss = flow_loss(self.critic.module, samples, captions, edit_gens)
                 self.critic.backward(c_loss)
                 self.critic.clip_and_norm()
                 self.critic.step()
             logs["critic"] = c_loss.item()
         return logs
-
-    @property
-    def gen_critic(self):
-        return self.critic.module
 
     # --------------------------------------------------------------------------------------- update ---
     def update(self, loss: torch.Tensor, logs: dict) -> dict:
