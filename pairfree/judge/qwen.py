@@ -123,10 +123,21 @@ class QwenJudge(nn.Module):
         merged = self.model.model.visual(pixel_values.to(dtype), grid_thw=grid).pooler_output
         return merged.reshape(images.shape[0], self.tokens_per_image, -1)
 
+    def head_weight(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``lm_head.weight`` (or its ``rows``). The loss reads it directly rather than calling ``lm_head``, so
+        under DeepSpeed ZeRO-3 it is gathered here (a detached copy: the judge is frozen)."""
+        w = self.model.lm_head.weight
+        if hasattr(w, "ds_id"):  # a ZeRO-3 partitioned parameter
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([w]):
+                return (w if rows is None else w[rows]).detach().clone()
+        return w if rows is None else w[rows]
+
     def forward(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
         """[No, Yes] logits ``(B, 2)`` from the two ``lm_head`` rows only."""
         h = self.answer_hidden(images, questions)
-        rows = self.model.lm_head.weight[self.answer_ids]  # (2, D)
+        rows = self.head_weight(self.answer_ids)  # (2, D)
         return h @ rows.T if h.dtype == torch.float64 else (h @ rows.T).float()
 
     def loss(
@@ -138,9 +149,11 @@ class QwenJudge(nn.Module):
 
         h = self.answer_hidden(images, questions)
         no_id, yes_id = (int(i) for i in self.answer_ids)
-        return judge_loss(
-            h, self.model.lm_head.weight, yes_id, no_id, target_yes.to(h.device), temperature, full_vocab=full_vocab
-        )
+        if full_vocab:
+            weight = self.head_weight()
+        else:  # the two rows suffice: [No, Yes]
+            weight, no_id, yes_id = self.head_weight(self.answer_ids), 0, 1
+        return judge_loss(h, weight, yes_id, no_id, target_yes.to(h.device), temperature, full_vocab=full_vocab)
 
     def caption_loss(
         self, images: torch.Tensor, captions: list[str], instruction: str = "Describe the image."

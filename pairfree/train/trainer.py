@@ -92,10 +92,11 @@ class Trainable:
         else:
             self.engine.step()
 
-    def skip(self) -> None:
+    def skip(self, after_backward: bool = True) -> None:
+        """Drop this update. Before any backward there is nothing to undo (an engine then skips the step too)."""
         if self.engine is None:
             self.opt.zero_grad(set_to_none=True)
-        else:
+        elif after_backward:
             from pairfree.train.distributed import engine_skip
 
             engine_skip(self.engine)
@@ -104,7 +105,9 @@ class Trainable:
 class EditorTrainer:
     """Owns the models, optimizers, EMA, data and counters of one run; ``run()`` trains to the end."""
 
-    def __init__(self, cfg: TrainConfig, models: EditorModels, rank: int = 0, world_size: int = 1, engines=None):
+    def __init__(
+        self, cfg: TrainConfig, models: EditorModels, rank: int = 0, world_size: int = 1, engines=None, ema=None
+    ):
         self.cfg, self.m, self.rank, self.world_size = cfg, models, rank, world_size
         oc = cfg.optim
         engines = engines or {}
@@ -112,7 +115,10 @@ class EditorTrainer:
         self.critic = Trainable(
             models.critic, oc.critic_lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("critic")
         )
-        self.ema = copy.deepcopy(models.generator).requires_grad_(False).eval() if oc.ema else None
+        self.ema = ema
+        if oc.ema and ema is None:
+            self.ema = copy.deepcopy(models.generator).requires_grad_(False).eval()
+        self.zero3 = "generator" in engines and engines["generator"].zero_optimization_stage() == 3
         self.data = EditorDataset(
             10**12, mix=cfg.mix, seed=cfg.seed, split="train", resolution=cfg.models.resolution, rank=rank,
             world_size=world_size,
@@ -219,7 +225,7 @@ class EditorTrainer:
             finite = all_true(finite, self.device)
         if not finite:
             self.skipped += 1
-            self.gen.skip()
+            self.gen.skip(after_backward=False)
             return {**logs, "loss": float("nan"), "skipped": self.skipped}
         self.gen.backward(loss)
         gnorm = self.gen.clip_and_norm()
@@ -229,16 +235,27 @@ class EditorTrainer:
             return {**logs, "loss": loss.item(), "grad_norm": gnorm, "skipped": self.skipped}
         self.gen.step()
         if self.ema is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self._whole(self.gen.module):
                 for pe, pm in zip(self.ema.parameters(), self.gen.module.parameters()):
                     pe.lerp_(pm.detach().to(pe.dtype), 1 - oc.ema)
         return {**logs, "loss": loss.item(), "grad_norm": gnorm, "skipped": self.skipped}
 
     # ----------------------------------------------------------------------------------- checkpoints ---
+    def _whole(self, module):
+        """Context in which ``module``'s parameters are whole (ZeRO-3 gathers them; a no-op otherwise)."""
+        from contextlib import nullcontext
+
+        if not self.zero3:
+            return nullcontext()
+        from pairfree.train.distributed import gathered
+
+        return gathered(module, True)
+
     def state_dict(self) -> dict:
+        single = self.world_size == 1  # under DeepSpeed the engines write their own checkpoints
         return {
-            "generator": self.gen.module.state_dict(),
-            "critic": self.critic.module.state_dict(),
+            "generator": self.gen.module.state_dict() if single else None,
+            "critic": self.critic.module.state_dict() if single else None,
             "ema": None if self.ema is None else self.ema.state_dict(),
             "gen_opt": None if self.gen.opt is None else self.gen.opt.state_dict(),
             "critic_opt": None if self.critic.opt is None else self.critic.opt.state_dict(),
@@ -303,6 +320,10 @@ class EditorTrainer:
                 else:
                     self.gen.set_lr(cfg.optim.lr)
                     logs = self.edit_step(s)
+                if self.world_size > 1:  # loss terms averaged over ranks (= the global batch's)
+                    from pairfree.train.distributed import all_mean
+
+                    logs = {k: v if k in RANK_INVARIANT else all_mean(v, self.device) for k, v in logs.items()}
                 self.step = s + 1
                 self.wall = wall0 + time.time() - t0
                 bar.update(1)
@@ -316,7 +337,7 @@ class EditorTrainer:
                     if writer is not None:
                         for k, v in logs.items():
                             writer.add_scalar(k, v, self.step)
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.is_main:
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.is_main and not self.zero3:
                     self.save_samples(self.out / "samples" / f"step_{self.step:06d}.png")
                 if self.step % cfg.ckpt_every == 0:
                     self.save()
@@ -324,8 +345,10 @@ class EditorTrainer:
                     break
         bar.close()
         self.save()
+        with self._whole(self.gen.module) if self.ema is None else torch.no_grad():
+            if self.is_main:
+                self.export(self.out / "model")
         if self.is_main:
-            self.export(self.out / "model")
             from pairfree.pretrain.loop import plot_curve
 
             plot_curve(metrics_path, self.out / "loss.png", "pairfree train")
@@ -363,4 +386,5 @@ class EditorTrainer:
         return save_edit_rows(path, inputs, [e.instruction for e in edits], outputs, labels=[e.kind for e in edits])
 
 
+RANK_INVARIANT = ("k", "skipped", "grad_norm")  # the same on every rank
 SHOWN = ("loss", "copy", "vlm", "dmd", "p_verify", "p_identity", "critic", "skipped")

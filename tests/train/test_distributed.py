@@ -1,0 +1,42 @@
+"""`DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module pairfree.train`: ZeRO-3 generator and critic engines,
+frozen teacher and judge as ZeRO-3 inference engines, batch B per rank == one process with batch 2B."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pairfree.cli import main as cli
+
+from .conftest import tiny_overrides
+
+LAUNCHER = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(LAUNCHER is None, reason="deepspeed launcher not installed")
+@pytest.mark.parametrize("stage,frozen", [(3, "zero3")])
+def test_deepspeed_two_ranks_match_single_process(tiny_models, tmp_path, stage, frozen):
+    common = {"loss.do_nothing_prob": 0.0, "distributed.zero_stage": stage, "distributed.frozen": frozen}
+    sets = tiny_overrides(tiny_models, tmp_path / "ds", batch=2, threads=1, **common)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [LAUNCHER, "--num_gpus", "2", "--master_port", "29533", "--module", "pairfree.train",
+           "--config", "configs/shapes/editor.yaml", "--set", *sets]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set",
+                *tiny_overrides(tiny_models, tmp_path / "one", batch=4, **common)]) == 0  # fmt: skip
+    ds = [json.loads(x) for x in (tmp_path / "ds" / "metrics.jsonl").read_text().splitlines()]
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert len(ds) == len(one) == 5
+    for a, b in zip(ds, one):
+        assert a.keys() == b.keys()
+        for k in ("loss", "grad_norm", "copy", "vlm", "dmd", "critic", "p_verify", "p_identity"):
+            if k in a:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (k, a, b)
+    assert (tmp_path / "ds" / "deepspeed" / "gen" / "last").is_dir()
+    assert (tmp_path / "ds" / "model" / "editor.json").is_file()
