@@ -32,6 +32,7 @@ TRAINING_KEYS = (
     "vision_steps",
     "dense_batch",
     "truth_weight",
+    "align_weight",
 )
 
 
@@ -81,10 +82,36 @@ class JudgeTrainee(nn.Module):
         truth = F.cross_entropy(j.model.lm_head(h[rows]).float(), ids)
         return vqa, truth
 
-    def dense_loss(self, images: torch.Tensor, scenes) -> tuple[torch.Tensor, dict]:
-        out = self.probe(self.judge.vision_tokens(images))
+    def dense_loss(self, images: torch.Tensor, scenes, align_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """Per-cell attribute CE of the probe; with ``align_weight``, also pull each cell token toward the sum of
+        the word embeddings that name its content (object: colour, shape, texture, size; empty: the background)
+        — the image tokens then resemble the question's words, and "is it red?" becomes a similarity test."""
+        tokens = self.judge.vision_tokens(images)
+        out = self.probe(tokens)
         tgt = attributes.targets(scenes)
-        return attributes.loss(out, tgt), attributes.accuracy(out, tgt)
+        loss, acc = attributes.loss(out, tgt), attributes.accuracy(out, tgt)
+        if align_weight:
+            target = self.cell_word_embeddings(scenes).to(tokens.dtype)
+            align = 1 - F.cosine_similarity(tokens, target.detach(), dim=-1).mean()
+            loss = loss + align_weight * align
+            acc["align"] = align.item()
+        return loss, acc
+
+    def cell_word_embeddings(self, scenes) -> torch.Tensor:
+        """``(B, 9, D)``: per cell, the summed input embeddings of the words describing it (cosine-compared, so
+        the background's two words are counted twice to match an object's four)."""
+        from pairfree.world.captions import TEXTURE_ADJ
+
+        tok = self.judge.tokenizer
+        words = []
+        for sc in scenes:
+            cells = [[sc.background, TEXTURE_ADJ[sc.background_texture]] * 2 for _ in range(GRID * GRID)]
+            for o in sc.objects:
+                cells[o.row * GRID + o.col] = [o.color, o.shape, TEXTURE_ADJ[o.texture], o.size]
+            words.append(cells)
+        ids = torch.tensor([[tok.convert_tokens_to_ids(c) for c in cells] for cells in words])  # (B, 9, k)
+        emb = self.judge.model.get_input_embeddings().weight
+        return emb[ids.to(emb.device)].sum(-2)
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
@@ -156,6 +183,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     # pretrained) lets a from-scratch VLM learn to read the image; the Yes/No loss alone stays at chance for long
     n_cap, cap_weight = cfg.model.get("caption_batch", 0), cfg.model.get("caption_weight", 1.0)
     truth_weight = cfg.model.get("truth_weight", 0.0)
+    align_weight = cfg.model.get("align_weight", 0.0)
 
     def scenes_at(step, n):
         return [sample_scene(item_seed(cfg.loop.seed + 2, "train", step * n + i)) for i in range(n)]
@@ -175,14 +203,16 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
 
     def step_loss(m: JudgeTrainee, b):
         if "dense_images" in b:
-            dense, acc = m.dense_loss(b["dense_images"], b["scenes"])
-            return dense, {"dense": dense.item(), "cell acc": sum(acc.values()) / len(acc)}
+            dense, acc = m.dense_loss(b["dense_images"], b["scenes"], align_weight)
+            align = acc.pop("align", None)
+            logs = {"dense": dense.item(), "cell acc": sum(acc.values()) / len(acc)}
+            return dense, logs if align is None else {**logs, "align": align}
         vqa, truth = m.vqa_loss(b, truth_weight)
         logs = {"vqa": vqa.item(), "truth": truth.item()}
         loss = vqa + truth_weight * truth
         if n_cap:
             cap = m.judge.caption_loss(b["cap_images"], b["captions"])
-            dense, _ = m.dense_loss(b["cap_images"], b["scenes"])
+            dense, _ = m.dense_loss(b["cap_images"], b["scenes"], align_weight)
             loss = loss + cap_weight * cap + dense
             logs.update(caption=cap.item(), dense=dense.item())
         return loss, logs
