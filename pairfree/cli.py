@@ -18,7 +18,7 @@ def _doctor(args) -> int:
 def _demo(args) -> int:
     from pairfree import demo
 
-    return demo.run(out_dir=args.out, seed=args.seed)
+    return demo.run(out_dir=args.out, seed=args.seed, minutes=args.minutes)
 
 
 def _world_sample(args) -> int:
@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_doctor)
 
     p = sub.add_parser("demo", help="the furthest real pipeline available (see README)")
-    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--out", default="results/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=12.0, help="editor training time (0: skip the editor)")
     p.set_defaults(fn=_demo)
 
     p = sub.add_parser("world", help="the shapes world")

@@ -34,7 +34,7 @@ def test_console_script_installed():
 
 
 def test_demo_writes_results(tmp_path):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--minutes", "0"]) == 0
     result = json.loads((tmp_path / "demo.json").read_text())
     backends = {r["backend"] for r in result["accuracy"]}
     assert {"reference", "cpp"} <= backends
