@@ -50,6 +50,10 @@ class DiTConfig:
     interpolation_scale: float = 1.0  # for "sincos"
     timestep_scale: float = 1000.0  # t in [0, 1] is fed to the embedder as t * timestep_scale
     reference: bool = True  # build the reference-conditioning weights
+    # a zero-initialised, position-aligned skip from the reference's patch tokens into the noisy tokens: SANA's
+    # linear attention has no positions, so token concatenation alone cannot tell a token where "its"
+    # reference token is (the editor turns it on; the teacher's behaviour is unchanged at initialisation)
+    reference_skip: bool = False
     gradient_checkpointing: bool = False
 
     @property
@@ -195,6 +199,10 @@ class DiT(nn.Module, PretrainedMixin):
         self.out_proj = nn.Linear(d, cfg.patch_size**2 * cfg.out_channels)
         if cfg.reference:
             self.reference_embed = nn.Parameter(torch.zeros(d))  # zero: the teacher's behaviour is unchanged
+            if cfg.reference_skip:
+                self.reference_skip = nn.Linear(d, d)
+                nn.init.zeros_(self.reference_skip.weight)
+                nn.init.zeros_(self.reference_skip.bias)
 
     def _pos_embed(self, h: int, w: int, device, dtype) -> torch.Tensor:
         from diffusers.models.embeddings import get_2d_sincos_pos_embed
@@ -228,7 +236,10 @@ class DiT(nn.Module, PretrainedMixin):
                 raise ValueError("DiT: this model was built with reference=False and cannot take a reference image")
             if reference.shape != x.shape:
                 raise ValueError(f"DiT: reference shape {tuple(reference.shape)} must equal x's {tuple(x.shape)}")
-            ref = self.patch_embed(reference).flatten(2).transpose(1, 2) + self.reference_embed
+            ref = self.patch_embed(reference).flatten(2).transpose(1, 2)
+            if cfg.reference_skip:
+                tokens = tokens + self.reference_skip(ref)
+            ref = ref + self.reference_embed
             if cfg.pos_embed == "sincos":
                 ref = ref + self._pos_embed(*grid, x.device, tokens.dtype)
             ref_temb, _ = self.time_embed(torch.zeros_like(t, device=x.device), tokens.dtype)

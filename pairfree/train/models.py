@@ -4,6 +4,7 @@ with reference conditioning), the critic (a trainable copy of the teacher), and 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from pairfree.flow import x0_from_velocity
+from pairfree.models.dit import DiT
 from pairfree.models.persistence import CheckpointError
 from pairfree.pretrain.teacher import Teacher
 from pairfree.train.config import ModelsConfig
@@ -52,11 +54,20 @@ def load_models(cfg: ModelsConfig) -> EditorModels:
     judge = _load("judge", cfg.judge)
     check_judge_tokens(judge)
     judge.model.requires_grad_(False)  # input gradients only
-    generator = copy.deepcopy(teacher).requires_grad_(True).train()
-    if not generator.dit.config.reference:
+    if not teacher.dit.config.reference:
         raise ValueError("models.teacher: the DiT was built with reference=False; the editor needs reference tokens")
+    generator = Teacher(with_reference_skip(teacher.dit), copy.deepcopy(teacher.text)).requires_grad_(True).train()
     critic = copy.deepcopy(teacher).requires_grad_(True).train()
     return EditorModels(generator, critic, teacher, judge)
+
+
+def with_reference_skip(dit: DiT) -> DiT:
+    """A copy of ``dit`` with the zero-initialised reference skip (same function until it is trained)."""
+    out = DiT(dataclasses.replace(dit.config, reference_skip=True)).to(next(dit.parameters()).device)
+    missing, unexpected = out.load_state_dict(dit.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("reference_skip.") for k in missing):
+        raise CheckpointError(f"teacher DiT: unexpected weights {unexpected}, missing {missing}")
+    return out
 
 
 def editor_x0(

@@ -116,7 +116,7 @@ def test_qwen_judge_loads_from_a_local_directory(tmp_path):
     judge = build_world_judge(seed=0, width=32, vision_layers=1, text_layers=1, image_size=56)
     judge.model.save_pretrained(tmp_path / "qwen")
     judge.tokenizer.save_pretrained(tmp_path / "qwen")
-    loaded = load_qwen_judge(tmp_path / "qwen", image_size=56)
+    loaded = load_qwen_judge(tmp_path / "qwen", image_size=56, question_first=True)
     im = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(loaded([im], ["is there a star?"]), judge([im], ["is there a star?"]))

@@ -147,3 +147,23 @@ def test_judge_without_yes_no_tokens_is_refused(tiny_models, tmp_path):
     judge.config = JudgeConfig(image_size=84, answer_tokens=("Nope", "Yep"))
     with pytest.raises(ValueError, match=r"no \['Nope', 'Yep'\] token"):
         check_judge_tokens(judge)
+
+
+def test_generator_starts_as_the_teacher(tiny_models):
+    """The generator adds a zero-initialised reference skip: at initialisation it computes what the teacher's
+    DiT computes with the same reference tokens; once trained, the skip carries the aligned reference."""
+    cfg = load_config(
+        TrainConfig, None, [f"models.teacher={tiny_models['teacher']}", f"models.judge={tiny_models['judge']}"]
+    )
+    m = load_models(cfg.models)
+    x, ref, t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.9])
+    text, mask = m.teacher.text.encode(["make the circle red", "remove the star"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            m.generator.dit(x, t, text, mask, reference=ref), m.teacher.dit(x, t, text, mask, reference=ref)
+        )
+        m.generator.dit.reference_skip.weight.normal_()
+        assert not torch.allclose(
+            m.generator.dit(x, t, text, mask, reference=ref), m.teacher.dit(x, t, text, mask, reference=ref)
+        )
+    assert m.generator.dit.config.reference_skip and not m.teacher.dit.config.reference_skip
