@@ -145,17 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("pretrain", help="train the shapes world's teacher, judge or evaluator")
     p.add_argument("model", choices=("teacher", "judge", "evaluator"))
-    p.add_argument("--config", default=None, help="YAML config (configs/shapes/<model>.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted overrides, e.g. --set loop.steps=100 out=runs/x",
-    )
+    from pairfree.config import add_run_arguments
+
+    add_run_arguments(p, "YAML config (configs/shapes/<model>.yaml)", "loop.steps=100 out=runs/x")
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("train", help="train the pair-free editor (also: deepspeed --module pairfree.train ...)")

@@ -115,3 +115,18 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
 def to_dict(config) -> dict:
     """A config as plain data (for JSON/YAML dumps and run records)."""
     return dataclasses.asdict(config)
+
+
+def add_run_arguments(parser, config_help: str, set_example: str) -> None:
+    """The ``--config``, ``--resume`` and ``--set KEY=VALUE ...`` options every training command takes."""
+    parser.add_argument("--config", default=None, help=config_help)
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"dotted overrides, e.g. --set {set_example}",
+    )

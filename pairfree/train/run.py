@@ -8,22 +8,12 @@ import os
 
 import torch
 
-from pairfree.config import load_config
+from pairfree.config import add_run_arguments, load_config
 from pairfree.train.config import TrainConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config (configs/shapes/editor.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted overrides, e.g. --set steps=100 loss.vlm_weight=0.05",
-    )
+    add_run_arguments(p, "YAML config (configs/shapes/editor.yaml)", "steps=100 loss.vlm_weight=0.05")
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
 
 

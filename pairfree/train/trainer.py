@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from pairfree.config import to_dict
 from pairfree.flow import few_step_schedule
-from pairfree.kernels.dmd import dmd_loss  # noqa: F401  (imported for its dispatch registration)
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import dmd_generator_loss, flow_loss, per_sample_rand, vlm_editing_loss
 from pairfree.train.models import EditorModels, editor_x0
