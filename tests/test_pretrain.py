@@ -90,6 +90,34 @@ def test_pretrain_commands_run_tiny(tmp_path, model, capsys):
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
 
 
+def test_judge_warm_start_with_cell_differences(tmp_path):
+    """Stage 2 (configs/shapes/judge_pairs.yaml) starts from a stage-1 checkpoint's weights and trains the
+    difference probe; a missing checkpoint is a clear error."""
+    tiny = ["model.width=32", "model.vision_layers=1", "model.text_layers=1", "model.dense_batch=4"]
+    tiny += ["model.caption_batch=2", "batch=4", "eval_items=40", "loop.ckpt_every=1"]
+    first = ["pretrain", "judge", "--config", "configs/shapes/judge.yaml", "--set", f"out={tmp_path / 'a'}"]
+    assert cli([*first, *tiny, "loop.steps=1", "model.vision_steps=0"]) == 0
+    second = ["pretrain", "judge", "--config", "configs/shapes/judge_pairs.yaml", "--set", f"out={tmp_path / 'b'}"]
+    second += [*tiny, "loop.steps=2", "model.pair_prob=1.0"]
+    assert cli([*second, f"model.init_from={tmp_path / 'nope.pt'}"]) == 2
+    assert cli([*second, f"model.init_from={tmp_path / 'a' / 'checkpoint.pt'}"]) == 0
+    logged = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= logged["diff acc"] <= 1 and logged["diff"] > 0
+    assert "Warm-started from" in (tmp_path / "b" / "model" / "MODEL_CARD.md").read_text()
+
+
+def test_cell_differences_mark_changed_cells():
+    from pairfree.world.vqa import cell_differences
+
+    a = Scene(
+        "blue", "dots", (Obj("star", "red", "stripes", "large", 0, 2), Obj("circle", "green", "plain", "small", 1, 1))
+    )
+    moved = Scene("blue", "dots", (Obj("star", "red", "stripes", "large", 2, 2), a.objects[1]))
+    assert cell_differences(a, a) == (0,) * 9
+    assert cell_differences(a, moved) == (0, 0, 1, 0, 0, 0, 0, 0, 1)
+    assert cell_differences(a, Scene("red", "dots", a.objects)) == (1,) * 9  # the background shows everywhere
+
+
 def test_unknown_shipped_model():
     with pytest.raises(ValueError, match="unknown model 'shapes-vae'"):
         pairfree.pretrained("shapes-vae")

@@ -98,8 +98,11 @@ class QwenJudge(nn.Module):
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
-    def answer_hidden(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
-        """The final hidden state ``(B, D)`` at each prompt's answer position."""
+    def hidden_states(
+        self, images: list[torch.Tensor], questions: list[str], all_layers: bool = False
+    ) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+        """The language model's final hidden states ``(B, L, D)`` (or, with ``all_layers``, every layer's), with
+        the prompts' ``input_ids`` and attention mask ``(B, L)``."""
         if len(images) != len(questions):
             raise ValueError(f"judge: {len(images)} image entries for {len(questions)} questions")
         device = self.answer_ids.device
@@ -108,11 +111,18 @@ class QwenJudge(nn.Module):
         input_ids, mask = self.encode_text(questions, [im.shape[0] if im.dim() == 4 else 1 for im in images], device)
         dtype = next(self.model.parameters()).dtype
         out = self.model.model(
-            input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values.to(dtype), image_grid_thw=grid
+            input_ids=input_ids,
+            attention_mask=mask,
+            pixel_values=pixel_values.to(dtype),
+            image_grid_thw=grid,
+            output_hidden_states=all_layers,
         )
-        hidden = out.last_hidden_state  # (B, L, D)
-        last = mask.sum(1) - 1  # right padding: the answer position is each prompt's last token
-        return hidden[torch.arange(hidden.shape[0], device=device), last]
+        return (out.hidden_states if all_layers else out.last_hidden_state), input_ids, mask
+
+    def answer_hidden(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
+        """The final hidden state ``(B, D)`` at each prompt's answer position."""
+        hidden, _, mask = self.hidden_states(images, questions)
+        return answer_positions(hidden, mask)
 
     def vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The vision tower's merged tokens ``(N, tokens_per_image, D)`` for ``images`` ``(N, 3, H, W)``, row-major
@@ -182,6 +192,12 @@ class QwenJudge(nn.Module):
 
     def p_yes(self, images, questions) -> torch.Tensor:
         return self.forward(images, questions).softmax(-1)[:, 1]
+
+
+def answer_positions(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``hidden`` ``(B, L, D)`` at each right-padded prompt's last real token (where the answer is predicted)."""
+    last = mask.sum(1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 def two_token_loss(logits: torch.Tensor, target_yes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

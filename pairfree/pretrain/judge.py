@@ -33,6 +33,8 @@ TRAINING_KEYS = (
     "dense_batch",
     "truth_weight",
     "align_weight",
+    "diff_weight",
+    "init_from",
 )
 
 
@@ -63,24 +65,40 @@ class JudgeTrainee(nn.Module):
 
     def __init__(self, judge: QwenJudge):
         super().__init__()
-        self.judge, self.probe = judge, CellProbe(judge.model.config.vision_config.out_hidden_size)
+        width = judge.model.config.vision_config.out_hidden_size
+        self.judge, self.probe = judge, CellProbe(width)
+        self.diff_probe = nn.Linear(judge.model.config.text_config.hidden_size, 1)
 
-    def vqa_loss(self, b: dict, truth_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two-token Yes/No CE and, at the same answer position, the full-vocabulary CE of the asked
-        attribute's true value ("blue" for "is the background red?"): a dense signal for the question-keyed
-        look-up that the 1-bit answer alone teaches very slowly from scratch."""
+    def vqa_loss(self, b: dict, truth_weight: float, diff_weight: float = 0.0) -> dict[str, torch.Tensor]:
+        """The two-token Yes/No CE (``vqa``); at the same answer position, the full-vocabulary CE of the asked
+        attribute's true value (``truth``: "blue" for "is the background red?") — a dense signal for the
+        question-keyed look-up that the 1-bit answer alone teaches very slowly from scratch; and on two-image
+        questions, whether each grid cell differs between the images (``diff``), read from the second image's
+        tokens one layer below the top (what the answer position attends to): it teaches the language model to
+        compare the two images cell by cell, which the long verification questions did not teach on their own."""
+        from pairfree.judge.qwen import answer_positions
         from pairfree.kernels.judge_loss import judge_loss
 
         j = self.judge
-        h = j.answer_hidden(b["images"], b["question"])
+        pairs = [i for i, d in enumerate(b.get("diff") or []) if d is not None] if diff_weight else []
+        hidden, ids, mask = j.hidden_states(b["images"], b["question"], all_layers=bool(pairs))
+        h = answer_positions(hidden[-1] if pairs else hidden, mask)
         no_id, yes_id = (int(i) for i in j.answer_ids)
-        vqa = judge_loss(h, j.model.lm_head.weight, yes_id, no_id, b["label"]).mean()
+        out = {"vqa": judge_loss(h, j.model.lm_head.weight, yes_id, no_id, b["label"]).mean()}
         rows = [i for i, w in enumerate(b["truth"]) if w]
-        if not truth_weight or not rows:
-            return vqa, torch.zeros(())
-        ids = torch.tensor(j.tokenizer.convert_tokens_to_ids([b["truth"][i] for i in rows]), device=h.device)
-        truth = F.cross_entropy(j.model.lm_head(h[rows]).float(), ids)
-        return vqa, truth
+        if truth_weight and rows:
+            truth_ids = torch.tensor(j.tokenizer.convert_tokens_to_ids([b["truth"][i] for i in rows]), device=h.device)
+            out["truth"] = F.cross_entropy(j.model.lm_head(h[rows]).float(), truth_ids)
+        if pairs:
+            pad = j.model.config.image_token_id
+            n = j.tokens_per_image
+            below_top = hidden[-2]
+            second = torch.stack([below_top[i][ids[i] == pad][n : 2 * n] for i in pairs])  # (P, 9, D)
+            target = torch.tensor([b["diff"][i] for i in pairs], dtype=torch.float32, device=h.device)
+            logits = self.diff_probe(second).squeeze(-1).float()
+            out["diff"] = F.binary_cross_entropy_with_logits(logits, target)
+            out["diff acc"] = ((logits > 0).float() == target).float().mean()
+        return out
 
     def dense_loss(self, images: torch.Tensor, scenes, align_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
         """Per-cell attribute CE of the probe; with ``align_weight``, also pull each cell token toward the sum of
@@ -112,6 +130,17 @@ class JudgeTrainee(nn.Module):
         ids = torch.tensor([[tok.convert_tokens_to_ids(c) for c in cells] for cells in words])  # (B, 9, k)
         emb = self.judge.model.get_input_embeddings().weight
         return emb[ids.to(emb.device)].sum(-2)
+
+
+def load_trainee_weights(path) -> dict:
+    """The model weights of a judge pretraining checkpoint (``checkpoint.pt``), for a warm start."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: {path} is not a file (expected a judge run's checkpoint.pt)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "model" not in state:
+        raise ValueError(f"model.init_from: {path} has no 'model' entry (not a pretraining checkpoint)")
+    return state["model"]
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
@@ -184,6 +213,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     n_cap, cap_weight = cfg.model.get("caption_batch", 0), cfg.model.get("caption_weight", 1.0)
     truth_weight = cfg.model.get("truth_weight", 0.0)
     align_weight = cfg.model.get("align_weight", 0.0)
+    diff_weight = cfg.model.get("diff_weight", 0.0)
+    init_from = cfg.model.get("init_from")
+    if init_from and not resume:  # warm start: a previous run's weights, a fresh optimizer and schedule
+        trainee.load_state_dict(load_trainee_weights(init_from), strict=False)
 
     def scenes_at(step, n):
         return [sample_scene(item_seed(cfg.loop.seed + 2, "train", step * n + i)) for i in range(n)]
@@ -207,9 +240,9 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
             align = acc.pop("align", None)
             logs = {"dense": dense.item(), "cell acc": sum(acc.values()) / len(acc)}
             return dense, logs if align is None else {**logs, "align": align}
-        vqa, truth = m.vqa_loss(b, truth_weight)
-        logs = {"vqa": vqa.item(), "truth": truth.item()}
-        loss = vqa + truth_weight * truth
+        terms = m.vqa_loss(b, truth_weight, diff_weight)
+        loss = terms["vqa"] + truth_weight * terms.get("truth", 0.0) + diff_weight * terms.get("diff", 0.0)
+        logs = {k: v.item() for k, v in terms.items()}
         if n_cap:
             cap = m.judge.caption_loss(b["cap_images"], b["captions"])
             dense, _ = m.dense_loss(b["cap_images"], b["scenes"], align_weight)
@@ -249,7 +282,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         f"Curriculum: {vision_steps} steps of the vision tower alone on dense per-cell attribute targets "
         f"({n_dense} images/step, a linear probe per cell token), then Yes/No questions ({cfg.batch}/step; "
         f"single-image only for the first {first - vision_steps}) with captioning ({n_cap} images/step) and the "
-        "dense targets and the asked attribute's true value as auxiliary losses. `JudgeVQADataset` (train "
+        "dense targets and the asked attribute's true value as auxiliary losses"
+        + (f"; on two-image questions, which cells differ (weight {diff_weight})" if diff_weight else "")
+        + (f". Warm-started from `{init_from}` (fresh optimizer and schedule)" if init_from else "")
+        + ". `JudgeVQADataset` (train "
         "seeds): single-image attribute questions (near-miss negatives) and "
         "two-image verification / identity questions with true, unchanged, wrong and extra-change edits; exactly "
         "balanced Yes/No. Loss: the fused two-token CE. Held-out: `val` seeds; the benchmark set (held-out "

@@ -23,7 +23,7 @@ from pairfree.world.captions import caption
 from pairfree.world.edits import DEFAULT_MIX, check_mix, sample_edit
 from pairfree.world.render import render
 from pairfree.world.scene import STYLES, sample_scene
-from pairfree.world.vqa import SINGLE_FORMS, pair_question, single_question
+from pairfree.world.vqa import SINGLE_FORMS, cell_differences, pair_question, single_question
 
 SPLITS = ("train", "val", "bench")
 
@@ -126,6 +126,7 @@ class JudgeVQADataset(WorldDataset):
                     "kind": it.kind,
                     "form": it.form,
                     "truth": it.truth,
+                    "diff": cell_differences(*it.scenes) if n == 2 else None,
                 }
             )
             k += n
@@ -141,6 +142,7 @@ def collate_vqa(items: list[dict]) -> dict:
         "kind": [it["kind"] for it in items],
         "form": [it["form"] for it in items],
         "truth": [it.get("truth") for it in items],
+        "diff": [it.get("diff") for it in items],
     }
 
 

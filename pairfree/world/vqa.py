@@ -132,6 +132,15 @@ def single_question(seed: int, yes: bool, style_prob: float = 0.2, forms: tuple[
     return VQAItem((scene,), q + " Answer yes or no.", answer, "single", form, truth)
 
 
+def cell_differences(a: Scene, b: Scene) -> tuple[int, ...]:
+    """Per grid cell (row-major), 1 where the two scenes draw it differently: its object (present, absent or
+    any attribute) or, for every cell, the background or the style — a dense target for comparing two images."""
+    glob = (a.background, a.background_texture, a.style) != (b.background, b.background_texture, b.style)
+    at_a = {(o.row, o.col): o for o in a.objects}
+    at_b = {(o.row, o.col): o for o in b.objects}
+    return tuple(int(glob or at_a.get((r, c)) != at_b.get((r, c))) for r in range(GRID) for c in range(GRID))
+
+
 def _extra_change(scene: Scene, keep: int | None, rng: random.Random) -> Scene:
     """``scene`` with one more geometric change (add, remove, replace or move) not touching object ``keep``."""
     for _ in range(1000):
