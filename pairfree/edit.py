@@ -19,11 +19,19 @@ class ImageError(ValueError):
 
 @torch.no_grad()
 def edit_images(
-    generator, inputs: torch.Tensor, instructions: list[str], schedule: list[float], seed: int = 0
+    generator,
+    inputs: torch.Tensor,
+    instructions: list[str],
+    schedule: list[float],
+    seed: int = 0,
+    autoencoder=None,
 ) -> torch.Tensor:
-    """Few-step editing of ``inputs`` ``(B, 3, H, W)`` in [-1, 1]: the sampler the editor was trained to unroll."""
+    """Few-step editing of ``inputs`` ``(B, 3, H, W)`` in [-1, 1]: the sampler the editor was trained to unroll
+    (in the ``autoencoder``'s latent space when one is given, else in pixel space)."""
     from pairfree.train.models import editor_x0
 
+    if autoencoder is not None:
+        inputs = autoencoder.encode(inputs)
     g = torch.Generator(device=inputs.device).manual_seed(seed)
     text, mask = generator.text.encode(instructions)
     x = torch.randn(inputs.shape, generator=g, device=inputs.device, dtype=inputs.dtype)
@@ -33,7 +41,7 @@ def edit_images(
         if i + 1 < len(schedule):
             fresh = torch.randn(inputs.shape, generator=g, device=inputs.device, dtype=inputs.dtype)
             x = add_noise(x0, fresh, torch.full_like(tt, schedule[i + 1]))
-    return x0.clamp(-1, 1)
+    return (x0 if autoencoder is None else autoencoder.decode(x0)).clamp(-1, 1)
 
 
 def load_image(path: str | Path, resolution: int) -> tuple[torch.Tensor, str | None]:

@@ -91,7 +91,13 @@ class HFTextEncoder(nn.Module):
     """A transformers text model + tokenizer from a local directory; frozen; last hidden state as embeddings.
     ``max_length`` pads/truncates every prompt to the same length (SANA: 300)."""
 
-    def __init__(self, path: str | Path, max_length: int = 300, dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        max_length: int = 300,
+        dtype: torch.dtype | None = None,
+        tokenizer_path: str | Path | None = None,
+    ):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -99,7 +105,7 @@ class HFTextEncoder(nn.Module):
         for name in ("config.json",):
             if not (path / name).is_file():
                 raise CheckpointError(f"{path / name}: missing (expected a transformers model directory)")
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path)
         model = AutoModel.from_pretrained(path, dtype=dtype)
         self.model = getattr(model, "language_model", model).requires_grad_(False).eval()
         self.max_length = max_length

@@ -10,11 +10,27 @@ from pairfree.world.edits import DEFAULT_MIX
 
 @dataclass
 class ModelsConfig:
-    """Where the frozen and initial models come from: a shipped name (``shapes-teacher``) or a directory."""
+    """Where the frozen and initial models come from. ``format: shapes``: shipped names (``shapes-teacher``) or
+    directories in their layout, pixel space. ``format: diffusers``: ``teacher`` is a local diffusers SANA
+    pipeline directory (``transformer/``, ``text_encoder/``, ``tokenizer/``, ``vae/``: DC-AE latents) and
+    ``judge`` a local transformers Qwen2.5-VL directory. ``*_arch``: architecture presets the planner sizes
+    (``pairfree plan``) without reading any weights."""
 
+    format: str = "shapes"
     teacher: str = "shapes-teacher"
     judge: str = "shapes-judge"
     resolution: int = 32  # image side the editor works at
+    judge_image_size: int = 448  # diffusers format: the judge's input side (shapes: from the shipped judge.json)
+    text_max_length: int = 300  # diffusers format: prompts padded/truncated to this many tokens (SANA: 300)
+    dtype: str = "float32"  # diffusers format: weights' dtype ("bfloat16" on GPU)
+    teacher_arch: str = ""  # e.g. configs/models/sana_1600m.yaml
+    judge_arch: str = ""  # e.g. configs/models/qwen2_5_vl_7b.yaml
+
+    def __post_init__(self):
+        if self.format not in ("shapes", "diffusers"):
+            raise ValueError(f"models.format: expected 'shapes' or 'diffusers', got {self.format!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"models.dtype: expected 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
 
 
 @dataclass
@@ -67,6 +83,9 @@ class DistributedConfig:
     zero_stage: int = 3  # generator and critic engines: 2 or 3
     frozen: str = "replicate"  # teacher and judge: "replicate" or "zero3" (ZeRO-3 inference engines)
     bf16: bool = True  # on GPU
+    # a DeepSpeed JSON (configs/paper/ds_*.json) whose settings (communication, offload, ...) every engine starts
+    # from; batch size, ZeRO stage, clipping and bf16 are then set from this config
+    deepspeed_config: str = ""
 
 
 @dataclass

@@ -21,10 +21,15 @@ from pairfree.train.models import EditorModels
 def ds_config(cfg: TrainConfig, lr: float, trainable: bool, on_gpu: bool) -> dict:
     """The DeepSpeed config of one engine (a frozen engine has no optimizer)."""
     stage = cfg.distributed.zero_stage if trainable else 3
+    c = read_ds_json(cfg.distributed.deepspeed_config) if cfg.distributed.deepspeed_config else {}
+    zero = {**c.get("zero_optimization", {}), "stage": stage}
+    if not trainable:  # a frozen engine has no optimizer states to offload
+        zero.pop("offload_optimizer", None)
     c = {
+        **c,
         "train_micro_batch_size_per_gpu": cfg.batch,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": stage},
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -34,6 +39,22 @@ def ds_config(cfg: TrainConfig, lr: float, trainable: bool, on_gpu: bool) -> dic
     if on_gpu and cfg.distributed.bf16:
         c["bf16"] = {"enabled": True}
     return c
+
+
+def read_ds_json(path: str) -> dict:
+    """A DeepSpeed JSON config file, with a clear error when it is missing or not JSON."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"distributed.deepspeed_config: {p} is not a file")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"distributed.deepspeed_config: {p} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"distributed.deepspeed_config: {p} must hold a JSON object")
+    return data
 
 
 def register_mha_params(module: torch.nn.Module) -> None:

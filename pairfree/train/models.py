@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pairfree.flow import x0_from_velocity
+from pairfree.models.autoencoder import IdentityAutoencoder
 from pairfree.models.dit import DiT
 from pairfree.models.persistence import CheckpointError
 from pairfree.pretrain.teacher import Teacher
@@ -24,6 +25,7 @@ class EditorModels:
     critic: Teacher  # the online fake score, trained on the generator's samples
     teacher: Teacher  # frozen real score
     judge: nn.Module  # frozen VLM (QwenJudge)
+    autoencoder: nn.Module = dataclasses.field(default_factory=IdentityAutoencoder)  # frozen; pixel space: identity
 
 
 def _load(kind: str, where: str):
@@ -50,6 +52,8 @@ def check_judge_tokens(judge) -> None:
 
 def load_models(cfg: ModelsConfig) -> EditorModels:
     """Teacher and judge from shipped names or directories; generator and critic initialised from the teacher."""
+    if cfg.format == "diffusers":
+        return load_diffusers_models(cfg)
     teacher = _load("teacher", cfg.teacher).requires_grad_(False).eval()
     judge = _load("judge", cfg.judge)
     check_judge_tokens(judge)
@@ -75,3 +79,43 @@ def editor_x0(
 ) -> torch.Tensor:
     """One generator call: x̂0 from the noisy x_t, the clean reference image and the encoded instruction."""
     return x0_from_velocity(x_t, generator.dit(x_t, t, text, text_mask, reference=reference), t)
+
+
+def _need_dir(path: Path, key: str, what: str) -> Path:
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"models.{key}: {path / 'config.json'} is missing (expected {what})")
+    return path
+
+
+def load_diffusers_models(cfg: ModelsConfig) -> EditorModels:
+    """Paper scale from local directories: SANA (DiT + Gemma text encoder + DC-AE) as the teacher, the critic
+    (a trainable copy of its DiT) and the generator (its DiT + reference skip); the text encoder and the
+    autoencoder are frozen and shared. The judge: a local Qwen2.5-VL."""
+    from pairfree.judge.qwen import load_qwen_judge
+    from pairfree.models.autoencoder import DCAutoencoder
+    from pairfree.models.convert import dit_from_diffusers
+    from pairfree.models.text import HFTextEncoder
+
+    dtype = getattr(torch, cfg.dtype)
+    root = Path(cfg.teacher)
+    if not root.is_dir():
+        raise CheckpointError(f"models.teacher: {root} is not a directory (expected a diffusers SANA pipeline)")
+    _need_dir(root / "transformer", "teacher", "the SANA transformer")
+    _need_dir(root / "text_encoder", "teacher", "the text encoder")
+    _need_dir(root / "vae", "teacher", "the DC-AE autoencoder")
+    if not (root / "tokenizer").is_dir():
+        raise CheckpointError(f"models.teacher: {root / 'tokenizer'} is missing (expected the text tokenizer)")
+    text = HFTextEncoder(root / "text_encoder", cfg.text_max_length, dtype, tokenizer_path=root / "tokenizer")
+    dit = dit_from_diffusers(root / "transformer", reference=True).to(dtype)
+    teacher = Teacher(dit, text).requires_grad_(False).eval()
+    autoencoder = DCAutoencoder.from_pretrained(root / "vae", dtype=dtype)
+    judge_dir = Path(cfg.judge)
+    if not judge_dir.is_dir():
+        raise CheckpointError(f"models.judge: {judge_dir} is not a directory (expected a Qwen2.5-VL model)")
+    judge = load_qwen_judge(judge_dir, image_size=cfg.judge_image_size, dtype=dtype)
+    check_judge_tokens(judge)
+    generator = Teacher(with_reference_skip(dit).to(dtype), text)
+    generator.dit.requires_grad_(True).train()
+    critic = Teacher(copy.deepcopy(dit), text)
+    critic.dit.requires_grad_(True).train()
+    return EditorModels(generator, critic, teacher, judge, autoencoder)

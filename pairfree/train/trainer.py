@@ -143,7 +143,7 @@ class EditorTrainer:
     def copy_step(self, step: int) -> dict:
         """Reference-copy warm-up: the flow loss toward x0 = the reference itself, given the instruction."""
         items, gens = self.batch(step), self.generators(step)
-        ref = torch.stack([it["image"] for it in items]).to(self.device)
+        ref = self.encode(torch.stack([it["image"] for it in items]))
         loss = flow_loss(self.gen.module, ref, [it["instruction"] for it in items], gens, reference=ref)
         return self.update(loss, {"copy": loss.item()})
 
@@ -151,7 +151,8 @@ class EditorTrainer:
     def edit_step(self, step: int) -> dict:
         cfg, lc = self.cfg, self.cfg.loss
         items, gens = self.batch(step), self.generators(step)
-        ref = torch.stack([it["image"] for it in items]).to(self.device)
+        images = torch.stack([it["image"] for it in items]).to(self.device)
+        ref = self.encode(images)  # latents (pixel space: the images themselves)
         nothing = per_sample_rand(gens, self.device) < lc.do_nothing_prob
         instructions = [DO_NOTHING if n else it["instruction"] for it, n in zip(items, nothing.tolist())]
 
@@ -171,12 +172,13 @@ class EditorTrainer:
         logs = {"k": k or cfg.sampler.steps}
         loss = x0.new_zeros(())
         edit = (~nothing).nonzero().flatten().tolist()
+        decoded = self.m.autoencoder.decode(x0)  # the judge sees pixels; its gradient flows back through decode
         if edit:
             # 2. VLM editing loss: verification + identity questions in one judge pass
             vlm, probs = vlm_editing_loss(
                 self.m.judge,
-                ref[edit],
-                x0[edit],
+                images[edit],
+                decoded[edit],
                 [items[i]["questions"] for i in edit],
                 temperature(cfg, step - cfg.copy_steps),
                 identity=lc.identity_question,
@@ -199,7 +201,7 @@ class EditorTrainer:
             loss = loss + lc.do_nothing_weight * keep
             logs["nothing"] = keep.item()
         if lc.pixel_identity_weight:
-            loss = loss + lc.pixel_identity_weight * (x0 - ref).abs().mean()
+            loss = loss + lc.pixel_identity_weight * (decoded - images).abs().mean()
         logs = self.update(loss, logs)
 
         # 5. N_aux critic updates on the generator's detached samples (edited captions)
@@ -212,6 +214,11 @@ class EditorTrainer:
                 self.critic.step()
             logs["critic"] = c_loss.item()
         return logs
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the latents the generator works on (the frozen autoencoder's)."""
+        return self.m.autoencoder.encode(images.to(self.device))
 
     # --------------------------------------------------------------------------------------- update ---
     def update(self, loss: torch.Tensor, logs: dict) -> dict:
@@ -367,6 +374,11 @@ class EditorTrainer:
         from pairfree.edit import EditPipeline
 
         gen = self.ema if self.ema is not None else self.gen.module
+        if self.cfg.models.format == "diffusers":  # the DiT; the text encoder and DC-AE stay the teacher's
+            path.mkdir(parents=True, exist_ok=True)
+            gen.dit.save_pretrained(path / "dit")
+            (path / EDITOR_FROM).write_text(json.dumps({"teacher": self.cfg.models.teacher}))
+            return path
         pipe = EditPipeline(gen, self.cfg.models.resolution, self.cfg.sampler.steps, self.cfg.sampler.shift)
         return pipe.save_pretrained(path)
 
@@ -381,9 +393,12 @@ class EditorTrainer:
         edits = [sample_edit(item_seed(0, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)]) for i in range(n)]
         inputs = (render([e.source for e in edits], self.cfg.models.resolution)[0] * 2 - 1).to(self.device)
         gen = self.ema if self.ema is not None else self.gen.module
-        outputs = edit_images(gen, inputs, [e.instruction for e in edits], self.schedule, seed=0)
+        outputs = edit_images(
+            gen, inputs, [e.instruction for e in edits], self.schedule, seed=0, autoencoder=self.m.autoencoder
+        )
         return save_edit_rows(path, inputs, [e.instruction for e in edits], outputs, labels=[e.kind for e in edits])
 
 
+EDITOR_FROM = "editor_from.json"  # diffusers format: where the text encoder and the autoencoder come from
 RANK_INVARIANT = ("k", "skipped", "grad_norm")  # the same on every rank
 SHOWN = ("loss", "copy", "vlm", "dmd", "p_verify", "p_identity", "critic", "skipped")
