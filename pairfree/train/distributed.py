@@ -36,8 +36,11 @@ def ds_config(cfg: TrainConfig, lr: float, trainable: bool, on_gpu: bool) -> dic
     }
     if trainable:
         c["gradient_clipping"] = cfg.optim.grad_clip
+    for key in ("bf16", "fp16", "communication_data_type"):  # precision follows distributed.bf16 and the device
+        c.pop(key, None)
     if on_gpu and cfg.distributed.bf16:
         c["bf16"] = {"enabled": True}
+        c["communication_data_type"] = "bf16"
     return c
 
 
@@ -82,8 +85,11 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels):
     device = torch.device(get_accelerator().device_name(), get_accelerator().current_device()) if on_gpu else "cpu"
     ema = copy.deepcopy(models.generator).requires_grad_(False).eval().to(device) if cfg.optim.ema else None
     engines = {}
+    # paper scale: generator, critic and teacher share one frozen text encoder; the trained engines then hold
+    # only their DiTs (a parameter must belong to one ZeRO-3 engine), the frozen one holds the rest
+    shared_text = models.generator.text is models.teacher.text
     for name, lr in (("generator", cfg.optim.lr), ("critic", cfg.optim.critic_lr)):
-        module = getattr(models, name)
+        module = getattr(models, name).dit if shared_text else getattr(models, name)
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
         engines[name], *_ = deepspeed.initialize(
@@ -99,7 +105,8 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels):
             setattr(models, name, engine.module)
         else:
             module.to(device)
-    models.generator, models.critic = engines["generator"].module, engines["critic"].module
+    if not shared_text:
+        models.generator, models.critic = engines["generator"].module, engines["critic"].module
     trainer = EditorTrainer(cfg, models, rank=rank, world_size=world, engines=engines, ema=ema)
     return trainer
 

@@ -1,7 +1,12 @@
 """The paper presets (configs/paper/) load through the real loaders — tiny random weights in the published
 directory layouts — and train one step of each stage in DC-AE latent space."""
 
+import json
+import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +72,26 @@ def test_missing_pieces_are_named(paper_dirs, tmp_path):
     cfg = tiny(preset, sana, qwen, tmp_path / "r", f"distributed.deepspeed_config={bad}")
     with pytest.raises(ValueError, match="ds.json is not valid JSON"):
         ds_config(cfg, 1e-5, True, on_gpu=False)
+
+
+LAUNCHER = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(LAUNCHER is None, reason="deepspeed launcher not installed")
+def test_preset_under_deepspeed_two_ranks(paper_dirs, tmp_path):
+    """The 1x8 preset's engines (ZeRO-3 DiTs; the shared frozen text encoder inside the teacher's ZeRO-3
+    inference engine) under `DS_ACCELERATOR=cpu deepspeed --num_gpus 2`, its DeepSpeed JSON included."""
+    sana, qwen = paper_dirs
+    sets = [f"models.teacher={sana}", f"models.judge={qwen}", "models.resolution=32", "models.judge_image_size=56"]
+    sets += ["models.dtype=float32", "models.text_max_length=12", "batch=1", "copy_steps=1", "steps=2"]
+    sets += [f"out={tmp_path}", "sample_every=0", "optim.critic_updates=1", "threads=1", "log_every=1"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [LAUNCHER, "--num_gpus", "2", "--master_port", "29541", "--module", "pairfree.train",
+           "--config", str(PRESETS[0]), "--set", *sets]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in logs] == ["copy", "edit", "edit"]
+    assert all(math.isfinite(r["loss"]) for r in logs) and "vlm" in logs[-1]
+    assert (tmp_path / "deepspeed" / "gen" / "last").is_dir() and (tmp_path / "model" / "dit").is_dir()
