@@ -8,14 +8,13 @@ parameter gathering and lets gradients flow through them into the generator (DES
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from pairfree.train.config import TrainConfig
-from pairfree.train.models import EditorModels
+from pairfree.train.models import EditorModels, ema_copy
 
 
 def ds_config(cfg: TrainConfig, lr: float, trainable: bool, on_gpu: bool) -> dict:
@@ -83,7 +82,7 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels):
     rank, world = dist.get_rank(), dist.get_world_size()
     on_gpu = get_accelerator().device_name() == "cuda"
     device = torch.device(get_accelerator().device_name(), get_accelerator().current_device()) if on_gpu else "cpu"
-    ema = copy.deepcopy(models.generator).requires_grad_(False).eval().to(device) if cfg.optim.ema else None
+    ema = ema_copy(models.generator).to(device) if cfg.optim.ema else None
     engines = {}
     # paper scale: generator, critic and teacher share one frozen text encoder; the trained engines then hold
     # only their DiTs (a parameter must belong to one ZeRO-3 engine), the frozen one holds the rest

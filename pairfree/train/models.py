@@ -65,6 +65,18 @@ def load_models(cfg: ModelsConfig) -> EditorModels:
     return EditorModels(generator, critic, teacher, judge)
 
 
+def ema_copy(generator: Teacher) -> Teacher:
+    """A frozen copy of the generator for its EMA; a shared frozen text encoder is shared, not copied."""
+    if not any(p.requires_grad for p in generator.text.parameters()):
+        return Teacher(copy.deepcopy(generator.dit), generator.text).requires_grad_(False).eval()
+    return copy.deepcopy(generator).requires_grad_(False).eval()
+
+
+def trained_part(generator: Teacher) -> nn.Module:
+    """What the generator's optimizer (and EMA) covers: the whole model, or its DiT when the text is frozen."""
+    return generator if any(p.requires_grad for p in generator.text.parameters()) else generator.dit
+
+
 def with_reference_skip(dit: DiT) -> DiT:
     """A copy of ``dit`` with the zero-initialised reference skip (same function until it is trained)."""
     out = DiT(dataclasses.replace(dit.config, reference_skip=True)).to(next(dit.parameters()).device)

@@ -21,7 +21,6 @@ with batch B compute what one process with batch N·B computes.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -35,7 +34,7 @@ from pairfree.config import to_dict
 from pairfree.flow import few_step_schedule
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import dmd_generator_loss, flow_loss, per_sample_rand, vlm_editing_loss
-from pairfree.train.models import EditorModels, editor_x0
+from pairfree.train.models import EditorModels, editor_x0, ema_copy, trained_part
 from pairfree.unroll import per_sample_randn, unroll
 from pairfree.world.datasets import EditorDataset, item_seed
 
@@ -116,7 +115,7 @@ class EditorTrainer:
         )
         self.ema = ema
         if oc.ema and ema is None:
-            self.ema = copy.deepcopy(models.generator).requires_grad_(False).eval()
+            self.ema = ema_copy(models.generator)
         self.zero3 = "generator" in engines and engines["generator"].zero_optimization_stage() == 3
         self.data = EditorDataset(
             10**12, mix=cfg.mix, seed=cfg.seed, split="train", resolution=cfg.models.resolution, rank=rank,
@@ -241,8 +240,10 @@ class EditorTrainer:
             return {**logs, "loss": loss.item(), "grad_norm": gnorm, "skipped": self.skipped}
         self.gen.step()
         if self.ema is not None:
-            with torch.no_grad(), self._whole(self.gen.module):
-                for pe, pm in zip(self.ema.parameters(), self.gen.module.parameters()):
+            trained = trained_part(self.gen.module)
+            with torch.no_grad(), self._whole(trained):
+                ema = self.ema.dit if trained is self.gen.module.dit else self.ema
+                for pe, pm in zip(ema.parameters(), trained.parameters()):
                     pe.lerp_(pm.detach().to(pe.dtype), 1 - oc.ema)
         return {**logs, "loss": loss.item(), "grad_norm": gnorm, "skipped": self.skipped}
 

@@ -44,7 +44,12 @@ def test_preset_loads_and_trains_in_latent_space(preset, paper_dirs, tmp_path):
     assert models.generator.text is models.teacher.text
     gen_params = {n for n, p in models.generator.named_parameters() if p.requires_grad}
     assert gen_params and all(n.startswith("dit.") for n in gen_params)
-    logs = EditorTrainer(cfg, models).run()
+    trainer = EditorTrainer(cfg, models)
+    before = {k: v.clone() for k, v in trainer.ema.dit.state_dict().items()}
+    logs = trainer.run()
+    assert trainer.ema.text is models.teacher.text  # the EMA shares the frozen text encoder, copies the DiT
+    moved = [k for k, v in trainer.ema.dit.state_dict().items() if not torch.equal(v, before[k])]
+    assert "blocks.0.self_attn.qkv.weight" in moved
     assert {"vlm", "dmd", "critic"} <= logs.keys() and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert (tmp_path / "run" / "model" / "dit" / "config.json").is_file()
     # the DeepSpeed JSON the preset names is read and our settings go on top of it
