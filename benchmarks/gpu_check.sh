@@ -34,6 +34,10 @@ $PY benchmarks/fused_ops.py --out "$OUT" >"$OUT/bench_fused_ops.md" 2>&1
 fused_rc=$?
 $PY benchmarks/unroll_memory.py --out "$OUT" >"$OUT/bench_unroll_memory.md" 2>&1
 unroll_rc=$?
+# the full-step benchmark needs diffusers (DC-AE); the GPU machine has none: carry its pure-Python wheel in wheels/
+$PY -c "import diffusers" 2>/dev/null || $PY -m pip install --no-deps --no-index --find-links wheels diffusers >>"$OUT/build.log" 2>&1
+$PY benchmarks/train_step.py --out "$OUT" >"$OUT/bench_train_step.md" 2>&1
+step_rc=$?
 
 echo
 echo "== summary =="
@@ -45,6 +49,7 @@ echo "| benchmark modulated_rms_norm | rc=$bench_rc |"
 echo "| benchmark attention | rc=$attn_rc |"
 echo "| benchmark fused_ops | rc=$fused_rc |"
 echo "| benchmark unroll_memory | rc=$unroll_rc |"
+echo "| benchmark train_step | rc=$step_rc |"
 echo
 grep -E "^\| op |^\|---|\| full \|" "$OUT/bench_modulated_rms_norm.md" || tail -20 "$OUT/bench_modulated_rms_norm.md"
 echo
@@ -54,4 +59,6 @@ echo
 grep -E "^\| " "$OUT/bench_fused_ops.md" | head -40
 echo
 grep -E "^\| " "$OUT/bench_unroll_memory.md" | head -10
-exit $(( build_rc || tests_rc || bench_rc || attn_rc || fused_rc || unroll_rc ))
+echo
+grep -E "^\| " "$OUT/bench_train_step.md" | head -10 || tail -20 "$OUT/bench_train_step.md"
+exit $(( build_rc || tests_rc || bench_rc || attn_rc || fused_rc || unroll_rc || step_rc ))

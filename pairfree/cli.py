@@ -61,6 +61,12 @@ def _presets(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from pairfree import plan
+
+    return plan.run(args)
+
+
 def _pretrain(args) -> int:
     import importlib
 
@@ -143,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", help="preset YAML files, e.g. configs/models/*.yaml")
     p.set_defaults(fn=_presets)
 
+    p = sub.add_parser("plan", help="per-GPU memory of a training config at 8, 64, 512 GPUs (does it fit?)")
+    p.add_argument("--config", required=True, help="training config with models.*_arch presets (configs/paper/)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per node")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (H100: 80)")
+    p.add_argument("--scale", default="8,64,512", help="GPU counts for the scaling table")
+    p.add_argument("--no-activations", action="store_true", help="static memory only (skips the measurements)")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
+    p.set_defaults(fn=_plan)
     p = sub.add_parser("pretrain", help="train the shapes world's teacher, judge or evaluator")
     p.add_argument("model", choices=("teacher", "judge", "evaluator"))
     from pairfree.config import add_run_arguments

@@ -1,6 +1,7 @@
 """Model presets in ``configs/``: YAML files naming an architecture, buildable on the meta device (sizes
-without weights) or for real. ``dit:`` sections hold :class:`DiTConfig` fields; ``qwen2_5_vl:`` sections a
-transformers ``Qwen2_5_VLConfig``; ``published_parameters`` the size the checkpoint's card states."""
+without weights) or for real. ``dit:`` sections hold :class:`DiTConfig` fields; ``qwen2_5_vl:`` / ``gemma2:``
+sections a transformers ``Qwen2_5_VLConfig`` / ``Gemma2Config``; ``dc_ae:`` diffusers ``AutoencoderDC``
+arguments; ``published_parameters`` the size the checkpoint's card states."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ import yaml
 from pairfree.config import ConfigError, from_dict
 from pairfree.models.dit import DiT, DiTConfig
 
+SECTIONS = ("dit", "qwen2_5_vl", "gemma2", "dc_ae")
+
 
 def read_preset(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such preset file")
     data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict) or not ({"dit", "qwen2_5_vl"} & data.keys()):
-        raise ConfigError(f"{path}: a preset needs a 'dit' or 'qwen2_5_vl' section")
+    if not isinstance(data, dict) or not (set(SECTIONS) & data.keys()):
+        raise ConfigError(f"{path}: a preset needs one of the sections {list(SECTIONS)}")
     return data
 
 
@@ -29,6 +32,14 @@ def build_from_preset(path: str | Path, device: str | torch.device = "meta") -> 
     with torch.device(device):
         if "dit" in data:
             return DiT(from_dict(DiTConfig, data["dit"], f"{path}.dit"))
+        if "gemma2" in data:
+            from transformers import Gemma2Config, Gemma2Model
+
+            return Gemma2Model(Gemma2Config(**data["gemma2"]))
+        if "dc_ae" in data:
+            from diffusers import AutoencoderDC
+
+            return AutoencoderDC(**data["dc_ae"])
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
         return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**data["qwen2_5_vl"]))

@@ -25,6 +25,8 @@ class ModelsConfig:
     dtype: str = "float32"  # diffusers format: weights' dtype ("bfloat16" on GPU)
     teacher_arch: str = ""  # e.g. configs/models/sana_1600m.yaml
     judge_arch: str = ""  # e.g. configs/models/qwen2_5_vl_7b.yaml
+    text_arch: str = ""  # e.g. configs/models/gemma2_2b.yaml
+    autoencoder_arch: str = ""  # e.g. configs/models/dc_ae_f32c32.yaml
 
     def __post_init__(self):
         if self.format not in ("shapes", "diffusers"):
