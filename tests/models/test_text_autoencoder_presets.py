@@ -96,7 +96,7 @@ def test_autoencoders(tmp_path):
         DCAutoencoder.from_pretrained(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("preset", ["sana_1600m", "qwen2_5_vl_7b", "qwen2_5_vl_3b"])
+@pytest.mark.parametrize("preset", ["sana_1600m", "qwen2_5_vl_7b", "qwen2_5_vl_3b", "gemma2_2b"])
 def test_paper_presets_on_meta_match_the_published_sizes(preset):
     path = f"configs/models/{preset}.yaml"
     model = build_from_preset(path)
