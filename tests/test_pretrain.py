@@ -118,6 +118,25 @@ def test_cell_differences_mark_changed_cells():
     assert cell_differences(a, Scene("red", "dots", a.objects)) == (1,) * 9  # the background shows everywhere
 
 
+def test_difference_questions_answer_from_the_cells():
+    from pairfree.world.scene import GRID
+    from pairfree.world.vqa import cell_differences, difference_question
+
+    names = {}
+    for r in range(GRID):
+        for c in range(GRID):
+            names[Obj("star", "red", "plain", "large", r, c).position_name()] = r * GRID + c
+    for i in range(60):
+        it = difference_question(i, yes=i % 2 == 0)
+        diff = cell_differences(*it.scenes)
+        if it.form == "difference_image":
+            assert (it.answer == "Yes") == (not any(diff))
+        else:
+            where = it.question.removeprefix("Is the ").split(" of the second image")[0]
+            assert (it.answer == "Yes") == (diff[names[where]] == 0), (it.question, diff)
+        assert it.answer == ("Yes" if i % 2 == 0 else "No")
+
+
 def test_unknown_shipped_model():
     with pytest.raises(ValueError, match="unknown model 'shapes-vae'"):
         pairfree.pretrained("shapes-vae")

@@ -26,6 +26,7 @@ from pairfree.world.scene import GRID, sample_scene
 NAME = "shapes-judge"
 TRAINING_KEYS = (
     "pair_prob",
+    "difference_prob",
     "single_only_steps",
     "caption_batch",
     "caption_weight",
@@ -200,7 +201,12 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     judge.model.requires_grad_(True)
     trainee = JudgeTrainee(judge)
     mixed = JudgeVQADataset(
-        10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution, pair_prob=cfg.model.get("pair_prob", 0.5)
+        10**9,
+        seed=cfg.loop.seed,
+        split="train",
+        resolution=cfg.resolution,
+        pair_prob=cfg.model.get("pair_prob", 0.5),
+        difference_prob=cfg.model.get("difference_prob", 0.0),
     )
     # curriculum: (1) the vision tower alone on dense per-cell attribute targets; (2) single-image questions
     # (they break the symmetry of a from-scratch VLM); (3) the mix. Dense targets stay on as an auxiliary loss.

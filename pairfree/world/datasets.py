@@ -23,7 +23,7 @@ from pairfree.world.captions import caption
 from pairfree.world.edits import DEFAULT_MIX, check_mix, sample_edit
 from pairfree.world.render import render
 from pairfree.world.scene import STYLES, sample_scene
-from pairfree.world.vqa import SINGLE_FORMS, cell_differences, pair_question, single_question
+from pairfree.world.vqa import SINGLE_FORMS, cell_differences, difference_question, pair_question, single_question
 
 SPLITS = ("train", "val", "bench")
 
@@ -96,10 +96,17 @@ class JudgeVQADataset(WorldDataset):
     them with :func:`collate_vqa`."""
 
     def __init__(
-        self, length: int, pair_prob: float = 0.5, mix: dict | None = None, forms: tuple[str, ...] | None = None, **kw
+        self,
+        length: int,
+        pair_prob: float = 0.5,
+        mix: dict | None = None,
+        forms: tuple[str, ...] | None = None,
+        difference_prob: float = 0.0,
+        **kw,
     ):
         super().__init__(length, **kw)
         self.pair_prob, self.mix = pair_prob, check_mix(mix or DEFAULT_MIX)
+        self.difference_prob = difference_prob  # of the two-image items: short "where do they differ" questions
         unknown = set(forms or ()) - set(SINGLE_FORMS)
         if unknown:
             raise ValueError(f"forms: unknown single-image question form(s) {sorted(unknown)}; allowed: {SINGLE_FORMS}")
@@ -108,7 +115,10 @@ class JudgeVQADataset(WorldDataset):
     def example(self, index: int):
         s = item_seed(self.seed, self.split, index)
         yes = index % 2 == 0
-        if random.Random(s).random() < self.pair_prob:
+        r = random.Random(s)
+        if r.random() < self.pair_prob:
+            if r.random() < self.difference_prob:
+                return difference_question(s, yes, self.mix)
             return pair_question(s, yes, self.mix)
         return single_question(s, yes, forms=self.forms)
 

@@ -141,6 +141,33 @@ def cell_differences(a: Scene, b: Scene) -> tuple[int, ...]:
     return tuple(int(glob or at_a.get((r, c)) != at_b.get((r, c))) for r in range(GRID) for c in range(GRID))
 
 
+def difference_question(seed: int, yes: bool, mix: dict[str, float] | None = None) -> VQAItem:
+    """A short two-image question about where the images differ — "Is the top left of the second image the same
+    as in the first?" or "Is the second image the same as the first?" (Yes iff nothing differs there) — on an
+    (original, edited) pair or an unchanged one: the stepping stone from comparing cells to the verification
+    and identity questions."""
+    rng = random.Random(seed)
+    whole = rng.random() < 0.3
+    for _ in range(100):
+        edit = sample_edit(rng.getrandbits(63), mix)
+        a = edit.source
+        if whole:  # Yes: the unchanged pair; No: the edit
+            b = a if yes else edit.target
+            if yes or any(cell_differences(a, b)):
+                q = "Is the second image the same as the first? Answer yes or no."
+                return VQAItem((a, b), q, "Yes" if yes else "No", "pair", "difference_image")
+            continue
+        b = a if rng.random() < 0.25 else edit.target
+        cells = [i for i, d in enumerate(cell_differences(a, b)) if d == (0 if yes else 1)]
+        if not cells:
+            continue
+        cell = rng.choice(cells)
+        where = dataclasses.replace(a.objects[0], row=cell // GRID, col=cell % GRID).position_name()
+        q = f"Is the {where} of the second image the same as in the first? Answer yes or no."
+        return VQAItem((a, b), q, "Yes" if yes else "No", "pair", "difference_cell")
+    raise RuntimeError("no difference question found")
+
+
 def _extra_change(scene: Scene, keep: int | None, rng: random.Random) -> Scene:
     """``scene`` with one more geometric change (add, remove, replace or move) not touching object ``keep``."""
     for _ in range(1000):
