@@ -26,7 +26,9 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
     if not list(results_dir.glob("*_cuda.json")):
         parts.append(
             "**GPU figures: pending.** No GPU run is recorded yet; `OUT=/tmp/gpu bash benchmarks/gpu_check.sh` on a\n"
-            "CUDA machine produces `modulated_rms_norm_cuda.json` (copy it into `benchmarks/results/` and re-render).\n"
+            "CUDA machine produces `*_cuda.json` for every benchmark — the kernels, `unroll_memory` and the full\n"
+            "training step `train_step` (naive vs pairfree at paper widths; goals: peak memory ≤ 0.5× naive, step\n"
+            "time ≤ 0.9× naive, K=4 ≤ 1.15× K=1) — copy them into `benchmarks/results/` and re-render.\n"
         )
     for path in sorted(results_dir.glob("*.json")):
         if "quick" in path.name:
