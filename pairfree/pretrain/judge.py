@@ -162,6 +162,14 @@ def evaluate(judge: QwenJudge, seed: int, n: int, resolution: int) -> dict:
             right[kind][0] += ok
             right[kind][1] += 1
     metrics = {f"{k} accuracy": r / max(t, 1) for k, (r, t) in right.items()}
+    # the short difference questions (a training stepping stone; reported, not a bar)
+    diff = JudgeVQADataset(max(32, n // 5), seed=seed, split="val", resolution=resolution, pair_prob=1.0,
+                           difference_prob=1.0)  # fmt: skip
+    ok = []
+    for start in range(0, len(diff), 32):
+        b = collate_vqa(diff.__getitems__(list(range(start, min(start + 32, len(diff))))))
+        ok += (judge(b["images"], b["question"]).argmax(-1) == b["label"]).tolist()
+    metrics["difference accuracy"] = sum(ok) / len(ok)
     # the editor's verification question on the benchmark set: GT edit (positive) vs unedited input (negative)
     edits = build_bench(max(2, min(50, n // 20)), seed=0)
     inputs, targets, _ = render_edits(edits, resolution)
