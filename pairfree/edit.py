@@ -80,10 +80,13 @@ def save_image(x: torch.Tensor, path: str | Path) -> Path:
 class EditPipeline:
     """``EditPipeline.from_pretrained(DIR)(image, instruction)`` -> the edited image ``(3, r, r)`` in [-1, 1].
 
-    ``image``: a ``(3, H, W)`` tensor in [-1, 1] at the model's resolution, or a path to an image file."""
+    ``image``: a ``(3, H, W)`` tensor in [-1, 1] at the model's resolution, or a path to an image file. A paper-scale
+    editor (trained from a diffusers SANA directory) stores only its DiT and names that directory (``source``),
+    from which the frozen text encoder and the DC-AE autoencoder are loaded."""
 
-    def __init__(self, generator, resolution: int, steps: int = 4, shift: float = 6.0):
+    def __init__(self, generator, resolution: int, steps: int = 4, shift: float = 6.0, autoencoder=None, source=None):
         self.generator, self.resolution, self.steps, self.shift = generator.eval(), resolution, steps, shift
+        self.autoencoder, self.source = autoencoder, source
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> EditPipeline:
@@ -94,12 +97,31 @@ class EditPipeline:
         if not meta.is_file():
             raise CheckpointError(f"{meta}: missing (expected an editor directory written by `pairfree train`)")
         info = json.loads(meta.read_text())
-        return cls(Teacher.from_pretrained(path), info["resolution"], info.get("steps", 4), info.get("shift", 6.0))
+        sampling = (info["resolution"], info.get("steps", 4), info.get("shift", 6.0))
+        if info.get("format", "shapes") == "diffusers":
+            from pairfree.models.autoencoder import DCAutoencoder
+            from pairfree.models.dit import DiT
+            from pairfree.models.text import HFTextEncoder
+
+            root = Path(info["source"])
+            if not root.is_dir():
+                raise CheckpointError(
+                    f"{meta}: source {root} is not a directory (the SANA pipeline it was trained from)"
+                )
+            text = HFTextEncoder(root / "text_encoder", info["text_max_length"], tokenizer_path=root / "tokenizer")
+            generator = Teacher(DiT.from_pretrained(path / "dit"), text)
+            return cls(generator, *sampling, autoencoder=DCAutoencoder.from_pretrained(root / "vae"), source=root)
+        return cls(Teacher.from_pretrained(path), *sampling)
 
     def save_pretrained(self, path: str | Path) -> Path:
         path = Path(path)
-        self.generator.save_pretrained(path)
         meta = {"resolution": self.resolution, "steps": self.steps, "shift": self.shift}
+        if self.source is not None:  # the frozen text encoder and autoencoder stay in the source directory
+            path.mkdir(parents=True, exist_ok=True)
+            self.generator.dit.save_pretrained(path / "dit")
+            meta.update(format="diffusers", source=str(self.source), text_max_length=self.generator.text.max_length)
+        else:
+            self.generator.save_pretrained(path)
         (path / EDITOR_META).write_text(json.dumps(meta, indent=1))
         return path
 
@@ -112,4 +134,6 @@ class EditPipeline:
             )
         schedule = few_step_schedule(steps or self.steps, self.shift)
         device = next(self.generator.parameters()).device
-        return edit_images(self.generator, image[None].to(device), [instruction], schedule, seed)[0]
+        return edit_images(
+            self.generator, image[None].to(device), [instruction], schedule, seed, autoencoder=self.autoencoder
+        )[0]

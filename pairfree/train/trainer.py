@@ -375,12 +375,15 @@ class EditorTrainer:
         from pairfree.edit import EditPipeline
 
         gen = self.ema if self.ema is not None else self.gen.module
-        if self.cfg.models.format == "diffusers":  # the DiT; the text encoder and DC-AE stay the teacher's
-            path.mkdir(parents=True, exist_ok=True)
-            gen.dit.save_pretrained(path / "dit")
-            (path / EDITOR_FROM).write_text(json.dumps({"teacher": self.cfg.models.teacher}))
-            return path
-        pipe = EditPipeline(gen, self.cfg.models.resolution, self.cfg.sampler.steps, self.cfg.sampler.shift)
+        paper = self.cfg.models.format == "diffusers"  # then only the DiT is saved; text encoder and DC-AE stay
+        pipe = EditPipeline(
+            gen,
+            self.cfg.models.resolution,
+            self.cfg.sampler.steps,
+            self.cfg.sampler.shift,
+            autoencoder=self.m.autoencoder if paper else None,
+            source=Path(self.cfg.models.teacher).resolve() if paper else None,
+        )
         return pipe.save_pretrained(path)
 
     @torch.no_grad()
@@ -400,6 +403,5 @@ class EditorTrainer:
         return save_edit_rows(path, inputs, [e.instruction for e in edits], outputs, labels=[e.kind for e in edits])
 
 
-EDITOR_FROM = "editor_from.json"  # diffusers format: where the text encoder and the autoencoder come from
 RANK_INVARIANT = ("k", "skipped", "grad_norm")  # the same on every rank
 SHOWN = ("loss", "copy", "vlm", "dmd", "p_verify", "p_identity", "critic", "skipped")

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from pairfree.config import load_config
+from pairfree.edit import EditPipeline, edit_images
+from pairfree.flow import few_step_schedule
 from pairfree.models import CheckpointError
 from pairfree.train.config import TrainConfig
 from pairfree.train.distributed import ds_config, read_ds_json
@@ -52,6 +54,15 @@ def test_preset_loads_and_trains_in_latent_space(preset, paper_dirs, tmp_path):
     assert "blocks.0.self_attn.qkv.weight" in moved
     assert {"vlm", "dmd", "critic"} <= logs.keys() and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert (tmp_path / "run" / "model" / "dit" / "config.json").is_file()
+    pipe = EditPipeline.from_pretrained(tmp_path / "run" / "model")  # the DiT here, text encoder + DC-AE from sana/
+    with torch.no_grad():
+        out = pipe(torch.zeros(3, 32, 32), "make the circle blue")
+        sched = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
+        same = edit_images(
+            trainer.ema, torch.zeros(1, 3, 32, 32), ["make the circle blue"], sched, 0, models.autoencoder
+        )
+    assert out.shape == (3, 32, 32) and pipe.source == sana.resolve()
+    torch.testing.assert_close(out, same[0])  # the exported editor is the trained EMA generator
     # the DeepSpeed JSON the preset names is read and our settings go on top of it
     c = ds_config(cfg, cfg.optim.lr, True, on_gpu=True)
     base = read_ds_json(cfg.distributed.deepspeed_config)
