@@ -101,7 +101,9 @@ def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
     from pairfree.train.models import with_reference_skip
 
     teacher = build_from_preset(_arch(cfg, "teacher_arch"))
-    models = {"generator": with_reference_skip(teacher), "critic": build_from_preset(_arch(cfg, "teacher_arch"))}
+    with torch.device("meta"):
+        generator = with_reference_skip(teacher)
+    models = {"generator": generator, "critic": build_from_preset(_arch(cfg, "teacher_arch"))}
     models["teacher"] = teacher
     models["judge"] = build_from_preset(_arch(cfg, "judge_arch"))
     for name, key in (("text encoder", "text_arch"), ("autoencoder", "autoencoder_arch")):
@@ -268,11 +270,14 @@ def measure_activations(cfg: TrainConfig, models: dict[str, nn.Module]) -> Activ
     return Activations(plain, ckpt, one, decode, judge, critic)
 
 
-def plan(cfg: TrainConfig, gpus: int, activations: Activations | None = None, measure: bool = True) -> Plan:
-    """Per-GPU memory of ``cfg`` on ``gpus`` GPUs in all (activations measured unless given or ``measure`` off)."""
+def plan(
+    cfg: TrainConfig, gpus: int, activations: Activations | None = None, measure: bool = True, models=None
+) -> Plan:
+    """Per-GPU memory of ``cfg`` on ``gpus`` GPUs in all (activations measured unless given or ``measure`` off;
+    ``models``: the meta-device models of :func:`build_models`, when already built)."""
     if gpus < 1:
-        raise ValueError(f"plan: gpus must be ≥ 1, got {gpus}")
-    models = build_models(cfg)
+        raise ConfigError(f"plan: the number of GPUs must be ≥ 1, got {gpus}")
+    models = models or build_models(cfg)
     rows, gather = static_memory(cfg, models, gpus)
     if activations is None and measure:
         activations = measure_activations(cfg, models)
@@ -325,11 +330,14 @@ def format_plan(p: Plan, gpu_memory_gib: float, cfg: TrainConfig) -> str:
     return "\n".join(lines)
 
 
-def format_scaling(cfg: TrainConfig, gpu_counts: list[int], acts: Activations | None, gpu_memory_gib: float) -> str:
+def format_scaling(
+    cfg: TrainConfig, gpu_counts: list[int], acts: Activations | None, gpu_memory_gib: float, models=None
+) -> str:
     """What sharding buys: the per-GPU total at each GPU count (activations do not shard)."""
+    models = models or build_models(cfg)
     lines = ["", f"{'GPUs':>6}  {'trained':>8}  {'frozen':>8}  {'total (ckpt)':>12}  fits {gpu_memory_gib:g} GiB"]
     for n in gpu_counts:
-        p = plan(cfg, n, acts, measure=False)
+        p = plan(cfg, n, acts, measure=False, models=models)
         trained = sum(m.total for m in p.models if m.trainable)
         frozen = sum(m.total for m in p.models if not m.trainable) + p.gather
         total = p.total(True)
@@ -343,10 +351,15 @@ def run(args) -> int:
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
     gpus = args.gpus * args.nodes
+    models = build_models(cfg)
+    p = plan(cfg, gpus, measure=False, models=models)
     if not args.no_activations:
         print("measuring activations (meta device; the judge on the CPU at 1-2 layers) ...", file=sys.stderr)
-    p = plan(cfg, gpus, measure=not args.no_activations)
+        p.acts = measure_activations(cfg, build_models(cfg))  # measuring casts the models; keep ours intact
     print(format_plan(p, args.gpu_memory, cfg))
-    counts = sorted({gpus, *(int(x) for x in args.scale.split(",") if x)})
-    print(format_scaling(cfg, counts, p.acts, args.gpu_memory))
+    try:
+        counts = sorted({gpus, *(int(x) for x in args.scale.split(",") if x)})
+    except ValueError:
+        raise ConfigError(f"--scale: expected comma-separated GPU counts, got {args.scale!r}") from None
+    print(format_scaling(cfg, counts, p.acts, args.gpu_memory, models))
     return 0
