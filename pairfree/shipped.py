@@ -31,4 +31,9 @@ def pretrained(name: str, path: str | Path | None = None):
     from pairfree.judge.qwen import load_qwen_judge
 
     meta = json.loads((root / "judge.json").read_text())
-    return load_qwen_judge(root, image_size=meta["image_size"], question_first=meta.get("question_first", False))
+    return load_qwen_judge(
+        root,
+        image_size=meta["image_size"],
+        question_first=meta.get("question_first", False),
+        mrope=meta.get("mrope", False),  # the world judges before this flag were trained with 1-D positions
+    )

@@ -33,6 +33,10 @@ class JudgeConfig:
     # the question before the images, so every image token can attend to it (our from-scratch world judge:
     # each cell's token then checks itself against the question); pretrained VLMs take the images first
     question_first: bool = False
+    # Qwen2.5-VL's 3-D (time, row, column) rotary positions for image tokens, as its processor sets them up (it
+    # passes ``mm_token_type_ids``; without them transformers falls back to 1-D positions). Pretrained weights
+    # need True; the shipped world judge was trained with 1-D positions (its judge.json says mrope: false)
+    mrope: bool = True
 
     def __post_init__(self):
         factor = self.patch_size * self.merge_size
@@ -116,8 +120,15 @@ class QwenJudge(nn.Module):
             pixel_values=pixel_values.to(dtype),
             image_grid_thw=grid,
             output_hidden_states=all_layers,
+            **self._positions(input_ids),
         )
         return (out.hidden_states if all_layers else out.last_hidden_state), input_ids, mask
+
+    def _positions(self, input_ids: torch.Tensor) -> dict:
+        """What Qwen2.5-VL's processor adds so the model builds its 3-D rotary positions: image tokens typed 1."""
+        if not self.config.mrope:
+            return {}
+        return {"mm_token_type_ids": (input_ids == self.model.config.image_token_id).int()}
 
     def answer_hidden(self, images: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
         """The final hidden state ``(B, D)`` at each prompt's answer position."""
@@ -186,7 +197,12 @@ class QwenJudge(nn.Module):
             labels[i, :n] = -100
         dtype = next(self.model.parameters()).dtype
         out = self.model(
-            input_ids=ids, attention_mask=mask, pixel_values=pixel_values.to(dtype), image_grid_thw=grid, labels=labels
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=pixel_values.to(dtype),
+            image_grid_thw=grid,
+            labels=labels,
+            **self._positions(ids),
         )
         return out.loss
 
@@ -206,7 +222,11 @@ def two_token_loss(logits: torch.Tensor, target_yes: torch.Tensor, temperature: 
 
 
 def load_qwen_judge(
-    path, image_size: int = 448, dtype: torch.dtype | None = None, question_first: bool = False
+    path,
+    image_size: int = 448,
+    dtype: torch.dtype | None = None,
+    question_first: bool = False,
+    mrope: bool = True,
 ) -> QwenJudge:
     """A judge from a local transformers Qwen2.5-VL directory (config, safetensors weights, tokenizer)."""
     from pathlib import Path
@@ -223,5 +243,7 @@ def load_qwen_judge(
     tok = AutoTokenizer.from_pretrained(path)
     answers = ("No", "Yes") if "Yes" in tok.get_vocab() else ("no", "yes")
     return QwenJudge(
-        model, tok, JudgeConfig(image_size=image_size, answer_tokens=answers, question_first=question_first)
+        model,
+        tok,
+        JudgeConfig(image_size=image_size, answer_tokens=answers, question_first=question_first, mrope=mrope),
     )

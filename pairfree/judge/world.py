@@ -57,11 +57,16 @@ def tiny_qwen_config(
     )
 
 
-def build_world_judge(seed: int = 0, image_size: int = 84, question_first: bool = True, **sizes) -> QwenJudge:
-    """A randomly initialised world judge (pretrained by ``pairfree pretrain judge``)."""
+def build_world_judge(
+    seed: int = 0, image_size: int = 84, question_first: bool = True, mrope: bool = False, **sizes
+) -> QwenJudge:
+    """A randomly initialised world judge (pretrained by ``pairfree pretrain judge``). ``mrope`` False: 1-D
+    positions, as the shipped world judge was trained (see ``JudgeConfig.mrope``)."""
     tok = build_world_tokenizer()
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(tok, **sizes))
     return QwenJudge(
-        model, tok, JudgeConfig(image_size=image_size, answer_tokens=("no", "yes"), question_first=question_first)
+        model,
+        tok,
+        JudgeConfig(image_size=image_size, answer_tokens=("no", "yes"), question_first=question_first, mrope=mrope),
     )

@@ -279,6 +279,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
                 "image_size": final.config.image_size,
                 "answer_tokens": list(final.config.answer_tokens),
                 "question_first": final.config.question_first,
+                "mrope": final.config.mrope,
             }
         )
     )

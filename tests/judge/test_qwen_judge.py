@@ -127,3 +127,27 @@ def test_caption_loss_scores_only_the_caption(judge):
     assert torch.isfinite(loss) and 0.5 * torch.log(torch.tensor(float(n_vocab))) < loss < 3 * torch.log(
         torch.tensor(float(n_vocab))
     )  # an untrained model is near uniform over the vocabulary
+
+
+def test_mrope_positions_are_the_processors():
+    """With ``mrope`` the model gets what Qwen2.5-VL's processor adds (``mm_token_type_ids``: image tokens = 1)
+    and builds 3-D rotary positions — the logits equal a forward given ``get_rope_index``'s positions
+    explicitly, and differ from the 1-D fallback a pretrained model was never trained on."""
+    j = build_world_judge(seed=0, width=32, vision_layers=1, text_layers=1, image_size=56, mrope=True)
+    ims = [torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1]
+    qs = ["is the object at the center red?", "is there a star?"]
+    with torch.no_grad():
+        ours = j(ims, qs)
+        flat = torch.cat(ims)
+        pixel_values, grid = images_to_patches(flat, j.config)
+        ids, mask = j.encode_text(qs, [2, 1], "cpu")
+        types = (ids == j.model.config.image_token_id).int()
+        pos, _ = j.model.model.get_rope_index(ids, types, image_grid_thw=grid, attention_mask=mask)
+        assert not torch.equal(pos[1], pos[0])  # rows and columns: not 1-D
+        out = j.model.model(
+            input_ids=ids, attention_mask=mask, pixel_values=pixel_values, image_grid_thw=grid, position_ids=pos
+        ).last_hidden_state
+        h = out[torch.arange(2), mask.sum(1) - 1]
+        torch.testing.assert_close(ours, h @ j.model.lm_head.weight[j.answer_ids].T)
+        j.config.mrope = False
+        assert not torch.allclose(j(ims, qs), ours)

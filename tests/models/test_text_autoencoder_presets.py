@@ -113,7 +113,7 @@ def test_shapes_dit_preset_builds():
 
 
 def test_qwen_judge_loads_from_a_local_directory(tmp_path):
-    judge = build_world_judge(seed=0, width=32, vision_layers=1, text_layers=1, image_size=56)
+    judge = build_world_judge(seed=0, width=32, vision_layers=1, text_layers=1, image_size=56, mrope=True)
     judge.model.save_pretrained(tmp_path / "qwen")
     judge.tokenizer.save_pretrained(tmp_path / "qwen")
     loaded = load_qwen_judge(tmp_path / "qwen", image_size=56, question_first=True)
