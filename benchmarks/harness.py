@@ -51,6 +51,18 @@ def peak_memory_mb(fn, device: torch.device) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def step_peak_mib(fn, device: torch.device) -> float:
+    """Peak memory of one ``fn()`` in MiB: the CUDA allocator's on GPU, the exact live tensor bytes created by it
+    on CPU (``pairfree.memory.LiveBytesMeter``)."""
+    if device.type == "cuda":
+        return peak_memory_mb(fn, device)
+    from pairfree.memory import LiveBytesMeter
+
+    with LiveBytesMeter() as m:
+        fn()
+    return m.peak / 2**20
+
+
 def run_metadata(device: torch.device) -> dict:
     """Where and how the numbers were made."""
     try:

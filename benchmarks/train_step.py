@@ -34,8 +34,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import bench_args, markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
-from pairfree.memory import LiveBytesMeter  # noqa: E402
+from benchmarks.harness import bench_args, markdown_table, measure_ms, run_metadata, save, step_peak_mib  # noqa: E402
 
 try:  # AutoencoderDC warns about fp32-kept modules it does not have
     from diffusers.utils import logging as _dlogging
@@ -189,12 +188,7 @@ def main(argv=None):
 
                 run()  # optimizer states exist before anything is measured
                 t = measure_ms(run, device=device, warmup=0, repeats=repeats)
-                if device.type == "cuda":
-                    mem = peak_memory_mb(run, device)
-                else:
-                    with LiveBytesMeter() as m:
-                        run()
-                    mem = m.peak / 2**20
+                mem = step_peak_mib(run, device)
                 rows.append({"variant": variant, "K": k, "median_ms": t["median"], "peak_MiB": mem})
                 del state["trainer"]
                 if device.type == "cuda":

@@ -20,10 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import bench_args, markdown_table, measure_ms, peak_memory_mb, run_metadata, save  # noqa: E402
+from benchmarks.harness import bench_args, markdown_table, measure_ms, run_metadata, save, step_peak_mib  # noqa: E402
 from pairfree.flow import few_step_schedule, x0_from_velocity  # noqa: E402
 from pairfree.kernels.dmd import dmd_loss, dmd_loss_reference  # noqa: E402
-from pairfree.memory import LiveBytesMeter  # noqa: E402
 from pairfree.models import DiT, DiTConfig  # noqa: E402
 from pairfree.unroll import unroll  # noqa: E402
 
@@ -91,12 +90,7 @@ def main(argv=None):
         for k in (1, 2, 4):
             run = step_fn(model, text, ref, real, fake, noise, k, variant)
             t = measure_ms(run, device=device, warmup=1, repeats=repeats)
-            if device.type == "cuda":
-                mem = peak_memory_mb(run, device)
-            else:
-                with LiveBytesMeter() as m:
-                    run()
-                mem = m.peak / 2**20
+            mem = step_peak_mib(run, device)
             rows.append(
                 {
                     "variant": variant,
