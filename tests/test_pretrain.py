@@ -194,3 +194,27 @@ def test_shipped_teacher_samples_images_from_captions():
     teacher = pairfree.pretrained("shapes-teacher")
     x = sample(teacher, ["A large red circle at the center; a plain white background."] * 2, steps=4)
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all() and x.std() > 0.05
+
+
+def test_adversarial_images_attack_only_the_last_image_within_eps():
+    """The robust stage's PGD: perturbs only each question's last image (what the editor generates), stays in the
+    L∞ ball and in [-1, 1], and raises the Yes/No loss above the clean loss and above its own random start."""
+    from pairfree.judge.world import build_world_judge
+    from pairfree.pretrain.judge import JudgeTrainee, adversarial_images
+    from pairfree.world.datasets import JudgeVQADataset, collate_vqa
+
+    judge = build_world_judge(seed=0, image_size=84, width=32, vision_layers=1, text_layers=1)
+    m = JudgeTrainee(judge)
+    b = collate_vqa(JudgeVQADataset(8, seed=0, split="val", resolution=32, pair_prob=0.5).__getitems__(range(8)))
+    assert {len(x) for x in b["images"]} == {1, 2}
+    eps = 0.05
+    start = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    adv = adversarial_images(m, b, eps, steps=5, start=start)
+    for x, a in zip(b["images"], adv):
+        assert a.shape == x.shape and torch.equal(a[:-1], x[:-1])
+        assert (a[-1] - x[-1]).abs().max() <= eps + 1e-6 and a.abs().max() <= 1
+    with torch.no_grad():
+        clean = m.answer_loss(b["images"], b["question"], b["label"])
+        random_start = m.answer_loss(adversarial_images(m, b, eps, 0, start), b["question"], b["label"])
+        attacked = m.answer_loss(adv, b["question"], b["label"])
+    assert attacked > clean and attacked > random_start

@@ -36,6 +36,9 @@ TRAINING_KEYS = (
     "align_weight",
     "diff_weight",
     "init_from",
+    "adv_eps",
+    "adv_steps",
+    "adv_weight",
 )
 
 
@@ -101,6 +104,16 @@ class JudgeTrainee(nn.Module):
             out["diff acc"] = ((logits > 0).float() == target).float().mean()
         return out
 
+    def answer_loss(self, images: list[torch.Tensor], questions: list[str], label: torch.Tensor) -> torch.Tensor:
+        """The mean two-token Yes/No CE of ``questions`` about ``images`` (the loss the editor's judge uses)."""
+        from pairfree.judge.qwen import answer_positions
+        from pairfree.kernels.judge_loss import judge_loss
+
+        j = self.judge
+        hidden, _, mask = j.hidden_states(images, questions)
+        no_id, yes_id = (int(i) for i in j.answer_ids)
+        return judge_loss(answer_positions(hidden, mask), j.model.lm_head.weight, yes_id, no_id, label).mean()
+
     def dense_loss(self, images: torch.Tensor, scenes, align_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
         """Per-cell attribute CE of the probe; with ``align_weight``, also pull each cell token toward the sum of
         the word embeddings that name its content (object: colour, shape, texture, size; empty: the background)
@@ -131,6 +144,28 @@ class JudgeTrainee(nn.Module):
         ids = torch.tensor([[tok.convert_tokens_to_ids(c) for c in cells] for cells in words])  # (B, 9, k)
         emb = self.judge.model.get_input_embeddings().weight
         return emb[ids.to(emb.device)].sum(-2)
+
+
+def adversarial_images(m: JudgeTrainee, b: dict, eps: float, steps: int, start: torch.Tensor) -> list[torch.Tensor]:
+    """``b``'s images with the last image of every question (the editor's output: what it can change) moved by
+    an L∞ ≤ ``eps`` PGD attack on the Yes/No loss, from the random start ``start`` (``(B, 3, R, R)`` in
+    [-1, 1]). The answers stay the clean scene's: a change this small cannot change what the image shows.
+
+    Why: a judge trained on clean renders only is fooled by tiny perturbations — optimising pixels against it
+    raises P(correct) to 0.96 without a single real edit (the evaluator sees none), and so does the editor.
+    Adversarial training makes its gradients perceptually aligned (Santurkar et al. 2019, "Image synthesis with
+    a single robust classifier"): following them changes what the image shows."""
+    images = b["images"]
+    last = torch.stack([x[-1] for x in images])
+    delta = start * eps
+    alpha = 1.25 * eps if steps == 1 else 2.5 * eps / max(steps, 1)  # FGSM with a random start (Wong et al. 2020); PGD
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        adv = [torch.cat([x[:-1], (y + d)[None].clamp(-1, 1)]) for x, y, d in zip(images, last, delta)]
+        loss = m.answer_loss(adv, b["question"], b["label"])
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta + alpha * grad.sign()).clamp(-eps, eps).detach()
+    return [torch.cat([x[:-1], (y + d)[None].clamp(-1, 1)]) for x, y, d in zip(images, last, delta)]
 
 
 def load_trainee_weights(path) -> dict:
@@ -229,6 +264,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     align_weight = cfg.model.get("align_weight", 0.0)
     diff_weight = cfg.model.get("diff_weight", 0.0)
     init_from = cfg.model.get("init_from")
+    adv_eps, adv_steps = cfg.model.get("adv_eps", 0.0), cfg.model.get("adv_steps", 1)
+    adv_weight = cfg.model.get("adv_weight", 1.0)
     if init_from and not resume:  # warm start: a previous run's weights, a fresh optimizer and schedule
         trainee.load_state_dict(load_trainee_weights(init_from), strict=False)
 
@@ -246,6 +283,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
             b["cap_images"] = render(scenes, cfg.resolution)[0] * 2 - 1
             b["captions"] = [describe_placed(sc) for sc in scenes]
             b["scenes"] = scenes
+        if adv_eps:  # the PGD random start, seeded by the step (a resumed run repeats itself)
+            g = torch.Generator().manual_seed(item_seed(cfg.loop.seed + 3, "train", step) % 2**63)
+            r = cfg.resolution
+            b["adv_start"] = torch.rand(len(b["question"]), 3, r, r, generator=g) * 2 - 1
         return b
 
     def step_loss(m: JudgeTrainee, b):
@@ -257,6 +298,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         terms = m.vqa_loss(b, truth_weight, diff_weight)
         loss = terms["vqa"] + truth_weight * terms.get("truth", 0.0) + diff_weight * terms.get("diff", 0.0)
         logs = {k: v.item() for k, v in terms.items()}
+        if adv_eps:
+            adv = m.answer_loss(adversarial_images(m, b, adv_eps, adv_steps, b["adv_start"]), b["question"], b["label"])
+            loss = loss + adv_weight * adv
+            logs["adv"] = adv.item()
         if n_cap:
             cap = m.judge.caption_loss(b["cap_images"], b["captions"])
             dense, _ = m.dense_loss(b["cap_images"], b["scenes"], align_weight)
@@ -299,6 +344,12 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         f"single-image only for the first {first - vision_steps}) with captioning ({n_cap} images/step) and the "
         "dense targets and the asked attribute's true value as auxiliary losses"
         + (f"; on two-image questions, which cells differ (weight {diff_weight})" if diff_weight else "")
+        + (
+            f"; adversarial training: every question's last image also under an L∞ ≤ {adv_eps} PGD attack "
+            f"({adv_steps} step(s), weight {adv_weight}), answers unchanged — perceptually aligned gradients"
+            if adv_eps
+            else ""
+        )
         + (f". Warm-started from `{init_from}` (fresh optimizer and schedule)" if init_from else "")
         + ". `JudgeVQADataset` (train "
         "seeds): single-image attribute questions (near-miss negatives) and "
