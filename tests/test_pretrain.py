@@ -218,3 +218,7 @@ def test_adversarial_images_attack_only_the_last_image_within_eps():
         random_start = m.answer_loss(adversarial_images(m, b, eps, 0, start), b["question"], b["label"])
         attacked = m.answer_loss(adv, b["question"], b["label"])
     assert attacked > clean and attacked > random_start
+    noise = 0.3 * torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    noisy = adversarial_images(m, b, eps, steps=2, start=start, noise=noise)
+    for x, a, n in zip(b["images"], noisy, noise):
+        assert torch.equal(a[:-1], x[:-1]) and (a[-1] - (x[-1] + n).clamp(-1, 1)).abs().max() <= eps + 1e-6

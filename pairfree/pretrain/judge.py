@@ -39,6 +39,7 @@ TRAINING_KEYS = (
     "adv_eps",
     "adv_steps",
     "adv_weight",
+    "adv_noise",
 )
 
 
@@ -146,10 +147,14 @@ class JudgeTrainee(nn.Module):
         return emb[ids.to(emb.device)].sum(-2)
 
 
-def adversarial_images(m: JudgeTrainee, b: dict, eps: float, steps: int, start: torch.Tensor) -> list[torch.Tensor]:
-    """``b``'s images with the last image of every question (the editor's output: what it can change) moved by
-    an L∞ ≤ ``eps`` PGD attack on the Yes/No loss, from the random start ``start`` (``(B, 3, R, R)`` in
-    [-1, 1]). The answers stay the clean scene's: a change this small cannot change what the image shows.
+def adversarial_images(
+    m: JudgeTrainee, b: dict, eps: float, steps: int, start: torch.Tensor, noise: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """``b``'s images with the last image of every question (the editor's output: what it can change) first
+    corrupted by ``noise`` (``(B, 3, R, R)``, e.g. Gaussian of a random σ per image) and then moved by an
+    L∞ ≤ ``eps`` PGD attack on the Yes/No loss, from the random start ``start`` (``(B, 3, R, R)`` in [-1, 1]).
+    The answers stay the clean scene's: noise and a change this small do not change what the image shows (for
+    "was the instruction carried out?" a noisy copy of the input is still a No).
 
     Why: a judge trained on clean renders only is fooled by tiny perturbations — optimising pixels against it
     raises P(correct) to 0.96 without a single real edit (the evaluator sees none), and so does the editor.
@@ -157,6 +162,8 @@ def adversarial_images(m: JudgeTrainee, b: dict, eps: float, steps: int, start: 
     a single robust classifier"): following them changes what the image shows."""
     images = b["images"]
     last = torch.stack([x[-1] for x in images])
+    if noise is not None:
+        last = (last + noise).clamp(-1, 1)
     delta = start * eps
     alpha = 1.25 * eps if steps == 1 else 2.5 * eps / max(steps, 1)  # FGSM with a random start (Wong et al. 2020); PGD
     for _ in range(steps):
@@ -166,6 +173,23 @@ def adversarial_images(m: JudgeTrainee, b: dict, eps: float, steps: int, start: 
         (grad,) = torch.autograd.grad(loss, delta)
         delta = (delta + alpha * grad.sign()).clamp(-eps, eps).detach()
     return [torch.cat([x[:-1], (y + d)[None].clamp(-1, 1)]) for x, y, d in zip(images, last, delta)]
+
+
+def export_judge(judge: QwenJudge, path: Path) -> Path:
+    """The judge as a directory ``pairfree.pretrained("shapes-judge", path)`` loads (weights, tokenizer,
+    ``judge.json``)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    judge.model.save_pretrained(path)
+    judge.tokenizer.save_pretrained(path)
+    meta = {
+        "image_size": judge.config.image_size,
+        "answer_tokens": list(judge.config.answer_tokens),
+        "question_first": judge.config.question_first,
+        "mrope": judge.config.mrope,
+    }
+    (path / "judge.json").write_text(json.dumps(meta))
+    return path
 
 
 def load_trainee_weights(path) -> dict:
@@ -265,7 +289,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     diff_weight = cfg.model.get("diff_weight", 0.0)
     init_from = cfg.model.get("init_from")
     adv_eps, adv_steps = cfg.model.get("adv_eps", 0.0), cfg.model.get("adv_steps", 1)
-    adv_weight = cfg.model.get("adv_weight", 1.0)
+    adv_weight, adv_noise = cfg.model.get("adv_weight", 1.0), cfg.model.get("adv_noise", 0.0)
     if init_from and not resume:  # warm start: a previous run's weights, a fresh optimizer and schedule
         trainee.load_state_dict(load_trainee_weights(init_from), strict=False)
 
@@ -286,7 +310,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         if adv_eps:  # the PGD random start, seeded by the step (a resumed run repeats itself)
             g = torch.Generator().manual_seed(item_seed(cfg.loop.seed + 3, "train", step) % 2**63)
             r = cfg.resolution
-            b["adv_start"] = torch.rand(len(b["question"]), 3, r, r, generator=g) * 2 - 1
+            n = len(b["question"])
+            b["adv_start"] = torch.rand(n, 3, r, r, generator=g) * 2 - 1
+            sigma = adv_noise * torch.rand(n, 1, 1, 1, generator=g)  # σ ~ U(0, adv_noise) per image
+            b["adv_noise"] = sigma * torch.randn(n, 3, r, r, generator=g)
         return b
 
     def step_loss(m: JudgeTrainee, b):
@@ -299,7 +326,9 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         loss = terms["vqa"] + truth_weight * terms.get("truth", 0.0) + diff_weight * terms.get("diff", 0.0)
         logs = {k: v.item() for k, v in terms.items()}
         if adv_eps:
-            adv = m.answer_loss(adversarial_images(m, b, adv_eps, adv_steps, b["adv_start"]), b["question"], b["label"])
+            adv = m.answer_loss(
+                adversarial_images(m, b, adv_eps, adv_steps, b["adv_start"], b["adv_noise"]), b["question"], b["label"]
+            )
             loss = loss + adv_weight * adv
             logs["adv"] = adv.item()
         if n_cap:
@@ -314,20 +343,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     final = result["ema"].judge if result["ema"] is not None else judge
     final.model.requires_grad_(False)
     metrics = evaluate(final, cfg.loop.seed, cfg.eval_items, cfg.resolution)
-    export = out / "model"
-    export.mkdir(parents=True, exist_ok=True)
-    final.model.save_pretrained(export)
-    final.tokenizer.save_pretrained(export)
-    (export / "judge.json").write_text(
-        json.dumps(
-            {
-                "image_size": final.config.image_size,
-                "answer_tokens": list(final.config.answer_tokens),
-                "question_first": final.config.question_first,
-                "mrope": final.config.mrope,
-            }
-        )
-    )
+    export = export_judge(final, out / "model")
     (export / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     if (out / "loss.png").exists():
         (export / "loss.png").write_bytes((out / "loss.png").read_bytes())
@@ -345,7 +361,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         "dense targets and the asked attribute's true value as auxiliary losses"
         + (f"; on two-image questions, which cells differ (weight {diff_weight})" if diff_weight else "")
         + (
-            f"; adversarial training: every question's last image also under an L∞ ≤ {adv_eps} PGD attack "
+            f"; adversarial training: every question's last image also with Gaussian noise (σ ~ U(0, {adv_noise})) "
+            f"and under an L∞ ≤ {adv_eps} PGD attack "
             f"({adv_steps} step(s), weight {adv_weight}), answers unchanged — perceptually aligned gradients"
             if adv_eps
             else ""

@@ -151,3 +151,20 @@ def test_mrope_positions_are_the_processors():
         torch.testing.assert_close(ours, h @ j.model.lm_head.weight[j.answer_ids].T)
         j.config.mrope = False
         assert not torch.allclose(j(ims, qs), ours)
+
+
+def test_judge_gradient_report_moves_pixels_and_measures_them_with_the_evaluator():
+    """The judge-gradient check (pixel optimisation against the VLM loss): zero steps leave every input as it
+    is (the evaluator then reads no edit and full preservation: the identity baseline's ground truth); some
+    steps raise the judge's P(verify) and change pixels."""
+    import pairfree
+    from pairfree.eval.judge_gradient import judge_gradient_report
+    from pairfree.judge.world import build_world_judge
+
+    judge = build_world_judge(seed=0, image_size=84, width=32, vision_layers=1, text_layers=1)
+    evaluator = pairfree.pretrained("shapes-evaluator")
+    still = judge_gradient_report(judge, evaluator, n=7, steps=0)
+    assert still["edit success"] == 0.0 and still["preservation"] == 1.0 and still["PSNR outside mask"] == 99.0
+    assert set(still["per kind"]) == {"color", "texture", "background", "add", "remove", "replace", "adjust"}
+    moved = judge_gradient_report(judge, evaluator, n=7, steps=5, lr=0.05)
+    assert moved["p_verify after"] > moved["p_verify before"] and moved["PSNR outside mask"] < 99.0
