@@ -54,6 +54,7 @@ class LossConfig:
     temperature_start: float = 0.1  # judge-logit temperature warm-up, linear to 1 over temperature_steps
     temperature_steps: int = 2000
     full_vocab: bool = False  # the paper's ablation: CE over the whole vocabulary
+    judge_noise: float = 0.0  # σ of Gaussian noise on the output the judge sees (pixel fine print cannot fool it)
     dmd_weight: float = 1.0
     dmd_t_min: float = 0.02
     dmd_t_max: float = 0.98

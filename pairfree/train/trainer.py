@@ -174,10 +174,13 @@ class EditorTrainer:
         decoded = self.m.autoencoder.decode(x0)  # the judge sees pixels; its gradient flows back through decode
         if edit:
             # 2. VLM editing loss: verification + identity questions in one judge pass
+            seen = decoded[edit]
+            if lc.judge_noise:  # the judge sees the output through noise (a judge trained to be robust to it)
+                seen = seen + lc.judge_noise * per_sample_randn([gens[i] for i in edit], seen)
             vlm, probs = vlm_editing_loss(
                 self.m.judge,
                 images[edit],
-                decoded[edit],
+                seen,
                 [items[i]["questions"] for i in edit],
                 temperature(cfg, step - cfg.copy_steps),
                 identity=lc.identity_question,

@@ -167,3 +167,29 @@ def test_generator_starts_as_the_teacher(tiny_models):
             m.generator.dit(x, t, text, mask, reference=ref), m.teacher.dit(x, t, text, mask, reference=ref)
         )
     assert m.generator.dit.config.reference_skip and not m.teacher.dit.config.reference_skip
+
+
+def test_judge_noise_is_what_the_judge_sees(tiny_models, tmp_path, monkeypatch):
+    """``loss.judge_noise``: the judge is shown the output plus Gaussian noise of that σ (the generator's own
+    output, everything else, is unchanged); 0 shows the output itself."""
+    import pairfree.train.trainer as trainer_module
+
+    shown = {}
+    real_loss = trainer_module.vlm_editing_loss
+
+    def spy(judge, inputs, outputs, *a, **kw):
+        shown["outputs"] = outputs.detach().clone()
+        return real_loss(judge, inputs, outputs, *a, **kw)
+
+    monkeypatch.setattr(trainer_module, "vlm_editing_loss", spy)
+    real_decode = {}
+    for sigma in (0.0, 0.5):
+        trainer = _trainer(tiny_models, tmp_path / str(sigma), **{"loss.judge_noise": sigma, "loss.do_nothing_prob": 0})
+        decode = trainer.m.autoencoder.decode
+        trainer.m.autoencoder.decode = lambda x, d=decode: real_decode.__setitem__(sigma, d(x).detach()) or d(x)
+        trainer.edit_step(trainer.cfg.copy_steps)
+        diff = shown["outputs"] - real_decode[sigma]
+        if sigma == 0:
+            assert torch.equal(diff, torch.zeros_like(diff))
+        else:
+            assert abs(diff.std().item() - sigma) < 0.05 and abs(diff.mean().item()) < 0.05
