@@ -19,16 +19,24 @@ import torch
 from pairfree.eval.editing import attribute_checks, psnr
 
 
-def optimise_pixels(judge, inputs: torch.Tensor, edits, steps: int, lr: float) -> tuple[torch.Tensor, dict]:
+def optimise_pixels(
+    judge, inputs: torch.Tensor, edits, steps: int, lr: float, noise: float = 0.0, seed: int = 0
+) -> tuple[torch.Tensor, dict]:
     """Adam on the output pixels (clamped to [-1, 1]) from ``inputs`` (``(N, 3, R, R)`` in [-1, 1]) against
-    the verification + identity CE; returns the outputs and the judge's final mean P(target) per question."""
+    the verification + identity CE, the judge seeing the pixels through fresh Gaussian noise of σ ``noise`` each
+    step (the trainer's ``loss.judge_noise``); returns the outputs and the judge's final mean P(target) per
+    question (on the noiseless outputs)."""
     from pairfree.train.losses import vlm_editing_loss
 
     questions = [[q.to_dict() for q in e.questions()] for e in edits]
     pixels = inputs.clone().requires_grad_(True)
     opt = torch.optim.Adam([pixels], lr=lr)
+    g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        loss, _ = vlm_editing_loss(judge, inputs, pixels.clamp(-1, 1), questions, 1.0)
+        seen = pixels.clamp(-1, 1)
+        if noise:
+            seen = seen + noise * torch.randn(seen.shape, generator=g).to(seen.device)
+        loss, _ = vlm_editing_loss(judge, inputs, seen, questions, 1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -38,7 +46,9 @@ def optimise_pixels(judge, inputs: torch.Tensor, edits, steps: int, lr: float) -
     return out, probs
 
 
-def judge_gradient_report(judge, evaluator, n: int = 56, steps: int = 100, lr: float = 0.02, seed: int = 0) -> dict:
+def judge_gradient_report(
+    judge, evaluator, n: int = 56, steps: int = 100, lr: float = 0.02, seed: int = 0, noise: float = 0.0
+) -> dict:
     """Edit success / preservation (the evaluator's) of pixel optimisation against ``judge`` on ``n`` held-out
     (val-seed) edits of the seven local and global kinds (style is left out: it hides attributes), overall and
     per kind, with the judge's P(target) before and after."""
@@ -52,13 +62,14 @@ def judge_gradient_report(judge, evaluator, n: int = 56, steps: int = 100, lr: f
     for p in judge.parameters():
         p.requires_grad_(False)
     _, before = optimise_pixels(judge, x, edits, 0, lr)
-    out, after = optimise_pixels(judge, x, edits, steps, lr)
+    out, after = optimise_pixels(judge, x, edits, steps, lr, noise, seed)
     success, preserved = attribute_checks(evaluator, out, edits)
     psnr_out = psnr((out + 1) / 2, inputs, ~masks.bool())
     report = {
         "n": n,
         "steps": steps,
         "lr": lr,
+        "judge noise": noise,
         "p_verify before": before["p_verify"],
         "p_verify after": after["p_verify"],
         "p_identity after": after["p_identity"],
@@ -101,15 +112,19 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=56)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=0.02)
+    ap.add_argument("--noise", type=float, default=0.0, help="σ of the noise the judge sees (loss.judge_noise)")
     ap.add_argument("--out", default="results/judge_gradient")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     judge = load_judge(args.judge)
-    report = judge_gradient_report(judge, pretrained("shapes-evaluator").eval(), args.n, args.steps, args.lr)
+    report = judge_gradient_report(
+        judge, pretrained("shapes-evaluator").eval(), args.n, args.steps, args.lr, noise=args.noise
+    )
     report["judge"], report["command"] = args.judge, " ".join(["python -m pairfree.eval.judge_gradient", *sys.argv[1:]])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(args.judge).stem if args.judge.endswith(".pt") else Path(args.judge).name
+    name += f"_noise{args.noise:g}" if args.noise else ""
     (out / f"{name}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "per kind"}, indent=1))
     return 0
