@@ -105,6 +105,15 @@ def _eval(args) -> int:
     results = evaluate(args.model, args.bench, args.out, steps=args.steps, baselines=baselines)
     print(markdown_table(results))
     print(f"metrics.json, metrics.md and grid.png in {args.out}")
+    if args.card:
+        from pairfree.config import ConfigError
+
+        if args.model is None:
+            raise ConfigError("--card: needs --model (the card is written into the editor's directory)")
+        from pairfree.eval.editing import write_editor_card
+        from pairfree.pretrain.common import command_line
+
+        print(f"wrote {write_editor_card(args.model, results, args.bench, command_line())}")
     return 0
 
 
@@ -186,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--baselines", default="all", help="comma list of identity,teacher; 'all' or '' for none")
+    p.add_argument("--card", action="store_true", help="also write MODEL_CARD.md (+ metrics.md) into --model")
     p.set_defaults(fn=_eval)
 
     args = parser.parse_args(argv)

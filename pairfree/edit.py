@@ -93,6 +93,10 @@ class EditPipeline:
         from pairfree.pretrain.teacher import Teacher
 
         path = Path(path)
+        if str(path) == "shapes-editor" and not path.exists():  # the shipped editor of the shapes world
+            from pairfree.shipped import WEIGHTS_DIR
+
+            path = WEIGHTS_DIR / "shapes-editor"
         meta = path / EDITOR_META
         if not meta.is_file():
             raise CheckpointError(f"{meta}: missing (expected an editor directory written by `pairfree train`)")

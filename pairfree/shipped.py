@@ -1,5 +1,5 @@
 """The shapes world's shipped models: ``pairfree.pretrained("shapes-teacher" | "shapes-judge" |
-"shapes-evaluator")`` loads them from the package (``pairfree/weights/``), no network."""
+"shapes-evaluator" | "shapes-editor")`` loads them from the package (``pairfree/weights/``), no network."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-NAMES = ("shapes-teacher", "shapes-judge", "shapes-evaluator")
+NAMES = ("shapes-teacher", "shapes-judge", "shapes-evaluator", "shapes-editor")
 
 
 def pretrained(name: str, path: str | Path | None = None):
@@ -16,10 +16,17 @@ def pretrained(name: str, path: str | Path | None = None):
         raise ValueError(f"pretrained: unknown model {name!r}; shipped: {', '.join(NAMES)}")
     root = Path(path) if path is not None else WEIGHTS_DIR / name
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"{root}: not found. Train it with `pairfree pretrain {name.split('-')[1]} --config "
-            f"configs/shapes/{name.split('-')[1]}.yaml --set ship=true`"
+        kind = name.split("-")[1]
+        how = (
+            "`pairfree train --config configs/shapes/editor.yaml`, then copy runs/editor/model there"
+            if kind == "editor"
+            else f"`pairfree pretrain {kind} --config configs/shapes/{kind}.yaml --set ship=true`"
         )
+        raise FileNotFoundError(f"{root}: not found. Train it with {how}")
+    if name == "shapes-editor":
+        from pairfree.edit import EditPipeline
+
+        return EditPipeline.from_pretrained(root)
     if name == "shapes-evaluator":
         from pairfree.evaluator import Evaluator
 

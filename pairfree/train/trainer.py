@@ -387,7 +387,22 @@ class EditorTrainer:
             autoencoder=self.m.autoencoder if paper else None,
             source=Path(self.cfg.models.teacher).resolve() if paper else None,
         )
-        return pipe.save_pretrained(path)
+        pipe.save_pretrained(path)
+        from pairfree.pretrain.common import command_line
+
+        record = {  # what the model card (`pairfree eval --card`) says about training
+            "step": self.step,
+            "copy_steps": min(self.step, self.cfg.copy_steps),
+            "edit_steps": max(0, self.step - self.cfg.copy_steps),
+            "skipped": self.skipped,
+            "wall_min": round(self.wall / 60, 1),
+            "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"),
+            "command": command_line(),
+            "config": to_dict(self.cfg),
+        }
+        (path / "train.json").write_text(json.dumps(record, indent=1))
+        return path
 
     @torch.no_grad()
     def save_samples(self, path: Path, n: int = 8) -> Path:

@@ -86,3 +86,29 @@ def test_eval_cli_writes_tables(editor_dir, bench, bench_dir, tmp_path, capsys):
     table = (tmp_path / "metrics.md").read_text()
     assert "| **identity** | overall | 48 |" in table and (tmp_path / "grid.png").is_file()
     assert "complete edit" in capsys.readouterr().out
+
+
+def test_eval_card_records_training_and_the_benchmark_table(editor_dir, bench_dir, tmp_path, capsys):
+    """``pairfree eval --card`` writes the editor's MODEL_CARD.md: its training record (``train.json``, written
+    by ``pairfree train``) and the measured table, the same numbers as metrics.json."""
+    train = json.loads((editor_dir / "train.json").read_text())
+    assert (train["copy_steps"], train["edit_steps"]) == (1, 1) and train["config"]["models"]["resolution"] == 32
+    code = cli(["eval", "--model", str(editor_dir), "--bench", str(bench_dir), "--out", str(tmp_path),
+                "--baselines", "identity", "--card"])  # fmt: skip
+    assert code == 0
+    card = (editor_dir / "MODEL_CARD.md").read_text()
+    res = json.loads((tmp_path / "metrics.json").read_text())
+    assert "1 reference-copy + 1 pair-free editing" in card
+    assert f"| **editor** | overall | 48 | {res['editor']['overall']['complete edit']:.3f} |" in card
+    assert cli(["eval", "--bench", str(bench_dir), "--out", str(tmp_path), "--card"]) == 2
+    assert "--card: needs --model" in capsys.readouterr().err
+
+
+def test_shipped_editor_name_when_absent_is_a_clear_error():
+    from pairfree.shipped import WEIGHTS_DIR
+
+    if (WEIGHTS_DIR / "shapes-editor").is_dir():
+        assert EditPipeline.from_pretrained("shapes-editor").resolution == 32
+    else:
+        with pytest.raises(FileNotFoundError, match="shapes-editor: not found"):
+            pretrained("shapes-editor")
