@@ -214,9 +214,9 @@ def test_adversarial_images_attack_only_the_last_image_within_eps():
         assert a.shape == x.shape and torch.equal(a[:-1], x[:-1])
         assert (a[-1] - x[-1]).abs().max() <= eps + 1e-6 and a.abs().max() <= 1
     with torch.no_grad():
-        clean = m.answer_loss(b["images"], b["question"], b["label"])
-        random_start = m.answer_loss(adversarial_images(m, b, eps, 0, start), b["question"], b["label"])
-        attacked = m.answer_loss(adv, b["question"], b["label"])
+        clean = m.judge.loss(b["images"], b["question"], b["label"]).mean()
+        random_start = m.judge.loss(adversarial_images(m, b, eps, 0, start), b["question"], b["label"]).mean()
+        attacked = m.judge.loss(adv, b["question"], b["label"]).mean()
     assert attacked > clean and attacked > random_start
     noise = 0.3 * torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     noisy = adversarial_images(m, b, eps, steps=2, start=start, noise=noise)

@@ -202,7 +202,6 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
     info = json.loads((model_dir / "train.json").read_text()) if (model_dir / "train.json").is_file() else {}
     cfg = info.get("config", {})
     loss, models = cfg.get("loss", {}), cfg.get("models", {})
-    overall = {k: v["overall"] for k, v in results.items()}
     lines = [
         "# shapes-editor",
         "",
@@ -227,7 +226,7 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
         "Read by the independent evaluator against the ground truth; the judge's score is reported, not the "
         "headline. Per sub-type rows: `metrics.md` beside this card.",
         "",
-        markdown_table({k: {"overall": v} for k, v in overall.items()}),
+        markdown_table({k: {"overall": v["overall"]} for k, v in results.items()}),
         "## Reproduce",
         "",
         "```bash",

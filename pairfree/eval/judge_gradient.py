@@ -57,7 +57,7 @@ def judge_gradient_report(
 
     kinds = [k for k in EDIT_TYPES if k != "style"]
     edits = [sample_edit(item_seed(seed, "val", i), kind=kinds[i % len(kinds)]) for i in range(n)]
-    inputs, _, masks = render_edits(edits, evaluator.config.resolution if hasattr(evaluator, "config") else 32)
+    inputs, _, masks = render_edits(edits, evaluator.config.resolution)
     x = inputs * 2 - 1
     for p in judge.parameters():
         p.requires_grad_(False)

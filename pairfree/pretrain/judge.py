@@ -105,16 +105,6 @@ class JudgeTrainee(nn.Module):
             out["diff acc"] = ((logits > 0).float() == target).float().mean()
         return out
 
-    def answer_loss(self, images: list[torch.Tensor], questions: list[str], label: torch.Tensor) -> torch.Tensor:
-        """The mean two-token Yes/No CE of ``questions`` about ``images`` (the loss the editor's judge uses)."""
-        from pairfree.judge.qwen import answer_positions
-        from pairfree.kernels.judge_loss import judge_loss
-
-        j = self.judge
-        hidden, _, mask = j.hidden_states(images, questions)
-        no_id, yes_id = (int(i) for i in j.answer_ids)
-        return judge_loss(answer_positions(hidden, mask), j.model.lm_head.weight, yes_id, no_id, label).mean()
-
     def dense_loss(self, images: torch.Tensor, scenes, align_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
         """Per-cell attribute CE of the probe; with ``align_weight``, also pull each cell token toward the sum of
         the word embeddings that name its content (object: colour, shape, texture, size; empty: the background)
@@ -169,7 +159,7 @@ def adversarial_images(
     for _ in range(steps):
         delta.requires_grad_(True)
         adv = [torch.cat([x[:-1], (y + d)[None].clamp(-1, 1)]) for x, y, d in zip(images, last, delta)]
-        loss = m.answer_loss(adv, b["question"], b["label"])
+        loss = m.judge.loss(adv, b["question"], b["label"]).mean()
         (grad,) = torch.autograd.grad(loss, delta)
         delta = (delta + alpha * grad.sign()).clamp(-eps, eps).detach()
     return [torch.cat([x[:-1], (y + d)[None].clamp(-1, 1)]) for x, y, d in zip(images, last, delta)]
@@ -326,9 +316,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         loss = terms["vqa"] + truth_weight * terms.get("truth", 0.0) + diff_weight * terms.get("diff", 0.0)
         logs = {k: v.item() for k, v in terms.items()}
         if adv_eps:
-            adv = m.answer_loss(
-                adversarial_images(m, b, adv_eps, adv_steps, b["adv_start"], b["adv_noise"]), b["question"], b["label"]
-            )
+            attacked = adversarial_images(m, b, adv_eps, adv_steps, b["adv_start"], b["adv_noise"])
+            adv = m.judge.loss(attacked, b["question"], b["label"]).mean()
             loss = loss + adv_weight * adv
             logs["adv"] = adv.item()
         if n_cap:

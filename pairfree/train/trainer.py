@@ -174,9 +174,10 @@ class EditorTrainer:
         decoded = self.m.autoencoder.decode(x0)  # the judge sees pixels; its gradient flows back through decode
         if edit:
             # 2. VLM editing loss: verification + identity questions in one judge pass
+            edit_gens = [gens[i] for i in edit]
             seen = decoded[edit]
             if lc.judge_noise:  # the judge sees the output through noise (a judge trained to be robust to it)
-                seen = seen + lc.judge_noise * per_sample_randn([gens[i] for i in edit], seen)
+                seen = seen + lc.judge_noise * per_sample_randn(edit_gens, seen)
             vlm, probs = vlm_editing_loss(
                 self.m.judge,
                 images[edit],
@@ -192,7 +193,6 @@ class EditorTrainer:
                 device=self.device,
             )
             captions = [items[i]["edited_caption"] for i in edit]
-            edit_gens = [gens[i] for i in edit]
             dmd = dmd_generator_loss(
                 x0[edit], self.m.teacher, self.critic.module, captions, scale, (lc.dmd_t_min, lc.dmd_t_max), edit_gens
             )
