@@ -101,15 +101,15 @@ def _edit(args) -> int:
 def _eval(args) -> int:
     from pairfree.eval.editing import BASELINES, evaluate, markdown_table
 
+    if args.card and args.model is None:
+        from pairfree.config import ConfigError
+
+        raise ConfigError("--card: needs --model (the card is written into the editor's directory)")
     baselines = BASELINES if args.baselines == "all" else tuple(b for b in args.baselines.split(",") if b)
     results = evaluate(args.model, args.bench, args.out, steps=args.steps, baselines=baselines)
     print(markdown_table(results))
     print(f"metrics.json, metrics.md and grid.png in {args.out}")
     if args.card:
-        from pairfree.config import ConfigError
-
-        if args.model is None:
-            raise ConfigError("--card: needs --model (the card is written into the editor's directory)")
         from pairfree.eval.editing import write_editor_card
         from pairfree.pretrain.common import command_line
 

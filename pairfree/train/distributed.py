@@ -71,8 +71,9 @@ def register_mha_params(module: torch.nn.Module) -> None:
                     deepspeed.zero.register_external_parameter(m, p)
 
 
-def build_distributed_trainer(cfg: TrainConfig, models: EditorModels):
-    """Initialise the process group and the engines; returns an ``EditorTrainer`` for this rank."""
+def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cls=None):
+    """Initialise the process group and the engines; returns an ``EditorTrainer`` (or ``trainer_cls``) for this
+    rank."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -106,7 +107,8 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels):
             module.to(device)
     if not shared_text:
         models.generator, models.critic = engines["generator"].module, engines["critic"].module
-    trainer = EditorTrainer(cfg, models, rank=rank, world_size=world, engines=engines, ema=ema)
+    trainer_cls = trainer_cls or EditorTrainer
+    trainer = trainer_cls(cfg, models, rank=rank, world_size=world, engines=engines, ema=ema)
     return trainer
 
 

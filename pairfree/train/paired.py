@@ -13,10 +13,6 @@ Writes the same run directory as ``pairfree train`` (``model/`` evaluates with `
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-
-import torch
 
 from pairfree.train.losses import flow_loss
 from pairfree.train.trainer import EditorTrainer
@@ -25,6 +21,8 @@ from pairfree.train.trainer import EditorTrainer
 class PairedTrainer(EditorTrainer):
     """:class:`EditorTrainer` whose stage 1 is supervised: flow loss toward the rendered target edit,
     conditioned on the input's tokens and the instruction (stage 0, the copy warm-up, is unchanged)."""
+
+    TRAINER = "paired"  # supervised toward ground-truth edits: a yardstick, not the pair-free editor
 
     def edit_step(self, step: int) -> dict:
         b = self.cfg.batch
@@ -36,30 +34,13 @@ class PairedTrainer(EditorTrainer):
         )
         return self.update(loss, {"paired": loss.item()})
 
-    def export(self, path: Path) -> Path:
-        super().export(path)
-        record = json.loads((path / "train.json").read_text())
-        record["trainer"] = "paired"  # supervised toward ground-truth edits: a yardstick, not the pair-free editor
-        (path / "train.json").write_text(json.dumps(record, indent=1))
-        return path
-
 
 def main(argv=None) -> int:
-    from pairfree.config import add_run_arguments, load_config
-    from pairfree.train.config import TrainConfig
-    from pairfree.train.models import load_models
+    from pairfree.train.run import add_arguments, train
 
     p = argparse.ArgumentParser(prog="python -m pairfree.train.paired", description=__doc__.split("\n\n")[0])
-    add_run_arguments(p, "YAML config (configs/shapes/editor.yaml)", "steps=3000 out=runs/paired")
-    args = p.parse_args(argv)
-    cfg = load_config(TrainConfig, args.config, args.overrides)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    trainer = PairedTrainer(cfg, load_models(cfg.models))
-    logs = trainer.run(resume=args.resume)
-    print(json.dumps({"step": trainer.step, "skipped": trainer.skipped, **logs}, indent=1, sort_keys=True))
-    print(f"paired (supervised) editor in {cfg.out}/model; metrics.jsonl and loss.png in {cfg.out}")
-    return 0
+    add_arguments(p)
+    return train(p.parse_args(argv), PairedTrainer, what="paired (supervised) editor")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
 
 
-def train(args) -> int:
+def train(args, trainer_cls=None, what: str = "editor") -> int:
+    """Run ``trainer_cls`` (default :class:`EditorTrainer`) from parsed ``args``; ``what`` names its model."""
     from pairfree.train.models import load_models
     from pairfree.train.trainer import EditorTrainer
 
@@ -29,13 +30,13 @@ def train(args) -> int:
     if distributed:
         from pairfree.train.distributed import build_distributed_trainer
 
-        trainer = build_distributed_trainer(cfg, models)
+        trainer = build_distributed_trainer(cfg, models, trainer_cls)
     else:
-        trainer = EditorTrainer(cfg, models)
+        trainer = (trainer_cls or EditorTrainer)(cfg, models)
     logs = trainer.run(resume=args.resume)
     if trainer.is_main:
         print(json.dumps({"step": trainer.step, "skipped": trainer.skipped, **logs}, indent=1, sort_keys=True))
-        print(f"editor in {cfg.out}/model; metrics.jsonl, loss.png and samples/ in {cfg.out}")
+        print(f"{what} in {cfg.out}/model; metrics.jsonl, loss.png and samples/ in {cfg.out}")
     return 0
 
 

@@ -103,6 +103,8 @@ class Trainable:
 class EditorTrainer:
     """Owns the models, optimizers, EMA, data and counters of one run; ``run()`` trains to the end."""
 
+    TRAINER = "pair-free"  # recorded in the exported model's train.json
+
     def __init__(
         self, cfg: TrainConfig, models: EditorModels, rank: int = 0, world_size: int = 1, engines=None, ema=None
     ):
@@ -391,6 +393,7 @@ class EditorTrainer:
         from pairfree.pretrain.common import command_line
 
         record = {  # what the model card (`pairfree eval --card`) says about training
+            "trainer": self.TRAINER,
             "step": self.step,
             "copy_steps": min(self.step, self.cfg.copy_steps),
             "edit_steps": max(0, self.step - self.cfg.copy_steps),
