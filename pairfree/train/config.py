@@ -3,6 +3,7 @@ overrides. Defaults are DESIGN.md's (the paper's public reimplementation) unless
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pairfree.world.edits import DEFAULT_MIX
@@ -110,8 +111,11 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop with a checkpoint after this wall time; 0: no limit
     threads: int = 0
     tensorboard: bool = False
+    device: str = "auto"  # single process: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N"
 
     def __post_init__(self):
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.distributed.frozen not in ("replicate", "zero3"):
             raise ValueError(f"distributed.frozen: expected 'replicate' or 'zero3', got {self.distributed.frozen!r}")
         if self.distributed.zero_stage not in (2, 3):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pairfree.config import ConfigError
 from pairfree.flow import x0_from_velocity
 from pairfree.models.autoencoder import IdentityAutoencoder
 from pairfree.models.dit import DiT
@@ -26,6 +27,26 @@ class EditorModels:
     teacher: Teacher  # frozen real score
     judge: nn.Module  # frozen VLM (QwenJudge)
     autoencoder: nn.Module = dataclasses.field(default_factory=IdentityAutoencoder)  # frozen; pixel space: identity
+
+    def to(self, device) -> EditorModels:
+        """All four models (and the autoencoder) on ``device``; shared submodules move once."""
+        for model in (self.generator, self.critic, self.teacher, self.judge, self.autoencoder):
+            model.to(device)
+        return self
+
+
+def resolve_device(name: str) -> torch.device:
+    """The single-process training device of config ``device``: ``auto`` is the GPU when there is one. Asking
+    for a GPU that is not there is an error, not a silent fall-back to a CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} asked for, but torch {torch.__version__} sees no CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
 def _load(kind: str, where: str):

@@ -19,20 +19,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def train(args, trainer_cls=None, what: str = "editor") -> int:
     """Run ``trainer_cls`` (default :class:`EditorTrainer`) from parsed ``args``; ``what`` names its model."""
-    from pairfree.train.models import load_models
+    from pairfree.train.models import load_models, resolve_device
     from pairfree.train.trainer import EditorTrainer
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = None if distributed else resolve_device(cfg.device)  # under deepspeed each rank takes its own GPU
     models = load_models(cfg.models)
     if distributed:
         from pairfree.train.distributed import build_distributed_trainer
 
         trainer = build_distributed_trainer(cfg, models, trainer_cls)
     else:
-        trainer = (trainer_cls or EditorTrainer)(cfg, models)
+        trainer = (trainer_cls or EditorTrainer)(cfg, models.to(device))
+        if trainer.is_main:
+            print(f"training on {device}")
     logs = trainer.run(resume=args.resume)
     if trainer.is_main:
         print(json.dumps({"step": trainer.step, "skipped": trainer.skipped, **logs}, indent=1, sort_keys=True))

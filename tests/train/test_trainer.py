@@ -12,7 +12,7 @@ from pairfree.cli import main as cli
 from pairfree.config import ConfigError, load_config
 from pairfree.models.persistence import CheckpointError
 from pairfree.train.config import TrainConfig
-from pairfree.train.models import load_models
+from pairfree.train.models import load_models, resolve_device
 from pairfree.train.trainer import EditorTrainer
 from pairfree.world.datasets import EDITOR_KEYS, item_seed
 from pairfree.world.edits import DEFAULT_MIX, sample_edit
@@ -126,6 +126,8 @@ def test_config_errors_name_the_key(tiny_models, tmp_path):
         load_config(TrainConfig, "configs/shapes/editor.yaml", ["loss.vlm_wieght=1"])
     with pytest.raises(ConfigError, match="distributed.frozen: expected 'replicate' or 'zero3', got 'zero4'"):
         load_config(TrainConfig, "configs/shapes/editor.yaml", ["distributed.frozen=zero4"])
+    with pytest.raises(ConfigError, match="device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", ["device=tpu"])
     with pytest.raises(ConfigError, match=r"optim.lr: expected float"):
         load_config(TrainConfig, "configs/shapes/editor.yaml", ["optim.lr=fast"])
     with pytest.raises(CheckpointError, match="models.teacher: '/no/such/dir' is neither a shipped model"):
@@ -193,3 +195,27 @@ def test_judge_noise_is_what_the_judge_sees(tiny_models, tmp_path, monkeypatch):
             assert torch.equal(diff, torch.zeros_like(diff))
         else:
             assert abs(diff.std().item() - sigma) < 0.05 and abs(diff.mean().item()) < 0.05
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_asking_for_a_missing_gpu_is_refused_not_ignored(tiny_models, tmp_path, capsys):
+    sets = tiny_overrides(tiny_models, tmp_path, device="cuda")
+    assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set", *sets]) == 2
+    assert "device: 'cuda' asked for, but torch" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_single_process_trains_on_the_gpu(tiny_models, tmp_path, capsys):
+    """``device: auto`` puts a one-process run on the GPU (not silently on the CPU) and it trains there."""
+    sets = tiny_overrides(tiny_models, tmp_path)
+    assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set", *sets]) == 0
+    assert "training on cuda" in capsys.readouterr().out
+    rows = _metrics(tmp_path)
+    assert [r["stage"] for r in rows] == ["copy"] * 2 + ["edit"] * 3
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in r.items() if isinstance(v, float)), r
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 5
