@@ -48,8 +48,13 @@ class WorldTextEncoder(nn.Module, PretrainedMixin):
         return self.config.width
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L, D)`` embeddings, zero at padding. An empty text (no unpadded token) lets its first position
+        attend, so its row is finite: a fully masked softmax is NaN, and NaN at a padded position survives a
+        downstream mask (``0 * NaN``) in gradients and in plain attention implementations."""
         x = self.embed(ids) + self.pos[: ids.shape[1]]
-        return self.norm(self.encoder(x, src_key_padding_mask=~mask))
+        attend = mask.clone()
+        attend[:, 0] = True
+        return self.norm(self.encoder(x, src_key_padding_mask=~attend)).masked_fill(~mask[..., None], 0.0)
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer is None:
@@ -59,6 +64,9 @@ class WorldTextEncoder(nn.Module, PretrainedMixin):
         )
         device = self.pos.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device).bool()
+        if ids.shape[1] == 0:  # every text empty (unconditional): one padding position, masked out downstream
+            ids = torch.full((len(texts), 1), self.config.pad_token_id, dtype=ids.dtype, device=device)
+            mask = torch.zeros(len(texts), 1, dtype=torch.bool, device=device)
         return self(ids, mask), mask
 
     def save_pretrained(self, path):

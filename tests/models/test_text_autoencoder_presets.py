@@ -38,6 +38,27 @@ def test_world_text_encoder_interface_and_round_trip(world_text, tmp_path):
     torch.testing.assert_close(a[0, :5], alone[0], rtol=1e-5, atol=1e-6)
 
 
+def test_empty_text_is_finite_and_unconditional(world_text):
+    """An empty prompt (CFG's unconditional branch) encodes to a finite, fully masked row, alone or in a batch;
+    a DiT conditioned on it gives the same output either way and finite gradients to its image input."""
+    from pairfree.models.dit import DiT
+
+    emb, mask = world_text.encode(["", "make the red circle blue"])
+    assert torch.isfinite(emb).all() and not mask[0].any() and (emb[0] == 0).all()
+    alone, alone_mask = world_text.encode(["", ""])
+    assert alone.shape[1] == 1 and not alone_mask.any()
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(in_channels=3, out_channels=3, num_layers=1, num_heads=2, head_dim=16, cross_heads=2,
+                        cross_head_dim=16, patch_size=4, norm="rms", text_dim=32)).eval()  # fmt: skip
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    t = torch.full((2,), 0.5)
+    v_batch = dit(x, t, emb[:1].expand(2, -1, -1), mask[:1].expand(2, -1))
+    v_alone = dit(x, t, alone, alone_mask)
+    torch.testing.assert_close(v_batch, v_alone)
+    v_alone.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_hf_text_encoder_from_a_local_directory(tmp_path, world_text):
     cfg = Gemma2Config(
         vocab_size=len(world_text.tokenizer),
