@@ -175,20 +175,24 @@ class EditorTrainer:
         edit = (~nothing).nonzero().flatten().tolist()
         decoded = self.m.autoencoder.decode(x0)  # the judge sees pixels; its gradient flows back through decode
         if edit:
-            # 2. VLM editing loss: verification + identity questions in one judge pass
+            # 2. VLM editing loss: verification + identity questions in one judge pass (weight 0: DMD alone, the
+            #    paper's "only DMD" ablation — the judge is then not run at all)
             edit_gens = [gens[i] for i in edit]
-            seen = decoded[edit]
-            if lc.judge_noise:  # the judge sees the output through noise (a judge trained to be robust to it)
-                seen = seen + lc.judge_noise * per_sample_randn(edit_gens, seen)
-            vlm, probs = vlm_editing_loss(
-                self.m.judge,
-                images[edit],
-                seen,
-                [items[i]["questions"] for i in edit],
-                temperature(cfg, step - cfg.copy_steps),
-                identity=lc.identity_question,
-                full_vocab=lc.full_vocab,
-            )
+            if lc.vlm_weight:
+                seen = decoded[edit]
+                if lc.judge_noise:  # the judge sees the output through noise (a judge trained to be robust to it)
+                    seen = seen + lc.judge_noise * per_sample_randn(edit_gens, seen)
+                vlm, probs = vlm_editing_loss(
+                    self.m.judge,
+                    images[edit],
+                    seen,
+                    [items[i]["questions"] for i in edit],
+                    temperature(cfg, step - cfg.copy_steps),
+                    identity=lc.identity_question,
+                    full_vocab=lc.full_vocab,
+                )
+                loss = loss + lc.vlm_weight * vlm
+                logs.update(vlm=vlm.item(), **probs)
             # 3. DMD: teacher (CFG on the edited caption, stronger for remove/replace/style) vs the critic
             scale = torch.tensor(
                 [lc.cfg_scale_strong if items[i]["type"] in lc.strong_types else lc.cfg_scale for i in edit],
@@ -198,8 +202,8 @@ class EditorTrainer:
             dmd = dmd_generator_loss(
                 x0[edit], self.m.teacher, self.critic.module, captions, scale, (lc.dmd_t_min, lc.dmd_t_max), edit_gens
             )
-            loss = loss + lc.vlm_weight * vlm + lc.dmd_weight * dmd
-            logs.update(vlm=vlm.item(), dmd=dmd.item(), **probs)
+            loss = loss + lc.dmd_weight * dmd
+            logs["dmd"] = dmd.item()
         if nothing.any():  # 4. "do nothing": the output is the input
             keep = (x0[nothing] - ref[nothing]).square().mean()
             loss = loss + lc.do_nothing_weight * keep

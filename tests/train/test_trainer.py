@@ -219,3 +219,20 @@ def test_single_process_trains_on_the_gpu(tiny_models, tmp_path, capsys):
         assert all(torch.isfinite(torch.tensor(v)) for k, v in r.items() if isinstance(v, float)), r
     state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 5
+
+
+def test_dmd_alone_does_not_run_the_judge(tiny_models, tmp_path):
+    """``loss.vlm_weight: 0`` (the paper's "only DMD" ablation) trains on DMD without a single judge call, and its
+    DMD and critic terms equal those of a run with the judge (same seeds: the judge draws no random numbers)."""
+    with_judge = _trainer(tiny_models, tmp_path / "a", **{"loss.do_nothing_prob": 0.0})
+    dmd_only = _trainer(tiny_models, tmp_path / "b", **{"loss.do_nothing_prob": 0.0, "loss.vlm_weight": 0.0})
+
+    def no_judge(*a, **kw):
+        raise AssertionError("the judge was called with loss.vlm_weight = 0")
+
+    dmd_only.m.judge.loss = no_judge
+    dmd_only.step = with_judge.step = with_judge.cfg.copy_steps
+    a, b = with_judge.edit_step(with_judge.step), dmd_only.edit_step(dmd_only.step)
+    assert "vlm" in a and "vlm" not in b and "p_verify" not in b
+    assert b["dmd"] == pytest.approx(a["dmd"], rel=1e-6) and b["critic"] == pytest.approx(a["critic"], rel=1e-6)
+    assert b["loss"] == pytest.approx(with_judge.cfg.loss.dmd_weight * b["dmd"], rel=1e-6)
