@@ -88,8 +88,10 @@ def _train(args) -> int:
 
 def _edit(args) -> int:
     from pairfree.edit import EditPipeline, load_image, save_image
+    from pairfree.train.models import resolve_device
 
-    pipe = EditPipeline.from_pretrained(args.model)
+    device = resolve_device(args.device)
+    pipe = EditPipeline.from_pretrained(args.model).to(device)
     image, note = load_image(args.image, pipe.resolution)
     if note:
         print(f"{args.image}: {note}")
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="edited.png")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     p.set_defaults(fn=_edit)
 
     p = sub.add_parser("eval", help="evaluate an editor and the baselines on the world benchmark")

@@ -117,6 +117,13 @@ class EditPipeline:
             return cls(generator, *sampling, autoencoder=DCAutoencoder.from_pretrained(root / "vae"), source=root)
         return cls(Teacher.from_pretrained(path), *sampling)
 
+    def to(self, device) -> EditPipeline:
+        """The pipeline on ``device`` (e.g. ``"cuda"``): the generator and the autoencoder; returns itself."""
+        self.generator.to(device)
+        if self.autoencoder is not None:
+            self.autoencoder.to(device)
+        return self
+
     def save_pretrained(self, path: str | Path) -> Path:
         path = Path(path)
         meta = {"resolution": self.resolution, "steps": self.steps, "shift": self.shift}

@@ -45,6 +45,10 @@ def test_edit_cli_resizes_and_refuses_unreadable_files(editor_dir, tmp_path, cap
     assert code == 2 and "bad.png: not a readable image" in capsys.readouterr().err
     code = cli(["edit", "--model", str(tmp_path), "--image", str(tmp_path / "in.png"), "--instruction", "x"])
     assert code == 2 and "editor.json: missing" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        code = cli(["edit", "--model", str(editor_dir), "--image", str(tmp_path / "in.png"), "--instruction", "x",
+                    "--device", "cuda"])  # fmt: skip
+        assert code == 2 and "device: 'cuda' asked for, but torch" in capsys.readouterr().err
 
 
 def test_pipeline_api_matches_the_cli_path(editor_dir, tmp_path):
@@ -55,6 +59,12 @@ def test_pipeline_api_matches_the_cli_path(editor_dir, tmp_path):
     out = pipe(image, "make the background red", seed=1)
     assert out.shape == (3, 32, 32) and out.abs().max() <= 1
     torch.testing.assert_close(out, pipe(tmp_path / "in.png", "make the background red", seed=1))
+    assert pipe.to("cpu") is pipe
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:  # runs where the model is (its seeded noise is drawn there)
+        out_dev = pipe.to(device)(image, "make the background red", seed=1)
+        assert out_dev.device.type == device and out_dev.shape == (3, 32, 32)
+    pipe.to("cpu")
     with pytest.raises(ImageError, match=r"image shape \(3, 16, 16\), expected \(3, 32, 32\)"):
         pipe(torch.zeros(3, 16, 16), "x")
 
