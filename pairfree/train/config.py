@@ -65,6 +65,9 @@ class LossConfig:
     do_nothing_prob: float = 0.01  # "do nothing" instruction: MSE of the output to the input
     do_nothing_weight: float = 1.0
     pixel_identity_weight: float = 0.0  # optional L1 to the input (helps preservation, hurts edit strength)
+    # optional: the total variation the output has beyond its input's (new noise and speckle; a colour change of a
+    # flat region adds none) — neither the judge nor a weak teacher's DMD penalises the noise an editor can add
+    noise_weight: float = 0.0
 
 
 @dataclass

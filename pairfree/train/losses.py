@@ -96,3 +96,16 @@ def flow_loss(model, x0: torch.Tensor, captions: list[str], generators, referenc
     noise = per_sample_randn(generators, x0)
     v = model.velocity(add_noise(x0, noise, t), t, captions, reference=reference)
     return (v - velocity_target(x0, noise)).square().mean()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` mean absolute difference between vertically and horizontally adjacent pixels of ``(B, C, H, W)``."""
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    return dy + dx
+
+
+def excess_variation_loss(outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of the total variation ``outputs`` have beyond their ``inputs``' (0 where they have no
+    more): an editor that adds noise or speckle pays, one that recolours a flat region does not."""
+    return (total_variation(outputs) - total_variation(inputs)).clamp_min(0).mean()

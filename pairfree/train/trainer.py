@@ -33,7 +33,13 @@ from tqdm import tqdm
 from pairfree.config import to_dict
 from pairfree.flow import few_step_schedule
 from pairfree.train.config import TrainConfig
-from pairfree.train.losses import dmd_generator_loss, flow_loss, per_sample_rand, vlm_editing_loss
+from pairfree.train.losses import (
+    dmd_generator_loss,
+    excess_variation_loss,
+    flow_loss,
+    per_sample_rand,
+    vlm_editing_loss,
+)
 from pairfree.train.models import EditorModels, editor_x0, ema_copy, trained_part
 from pairfree.unroll import per_sample_randn, unroll
 from pairfree.world.datasets import EditorDataset, item_seed
@@ -210,6 +216,10 @@ class EditorTrainer:
             logs["nothing"] = keep.item()
         if lc.pixel_identity_weight:
             loss = loss + lc.pixel_identity_weight * (decoded - images).abs().mean()
+        if lc.noise_weight:
+            excess = excess_variation_loss(decoded, images)
+            loss = loss + lc.noise_weight * excess
+            logs["noise"] = excess.item()
         logs = self.update(loss, logs)
 
         # 5. N_aux critic updates on the generator's detached samples (edited captions)

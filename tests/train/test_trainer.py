@@ -236,3 +236,23 @@ def test_dmd_alone_does_not_run_the_judge(tiny_models, tmp_path):
     assert "vlm" in a and "vlm" not in b and "p_verify" not in b
     assert b["dmd"] == pytest.approx(a["dmd"], rel=1e-6) and b["critic"] == pytest.approx(a["critic"], rel=1e-6)
     assert b["loss"] == pytest.approx(with_judge.cfg.loss.dmd_weight * b["dmd"], rel=1e-6)
+
+
+def test_noise_weight_adds_the_excess_variation_term(tiny_models, tmp_path, monkeypatch):
+    """``loss.noise_weight`` adds weight × the excess total variation of the decoded outputs (logged as "noise")."""
+    import pairfree.train.trainer as trainer_module
+    from pairfree.train.losses import excess_variation_loss
+
+    plain = _trainer(tiny_models, tmp_path / "a", **{"loss.do_nothing_prob": 0.0})
+    noisy = _trainer(tiny_models, tmp_path / "b", **{"loss.do_nothing_prob": 0.0, "loss.noise_weight": 3.0})
+    captured = {}
+
+    def spy(outputs, inputs):
+        captured["value"] = excess_variation_loss(outputs, inputs).item()
+        return excess_variation_loss(outputs, inputs)
+
+    monkeypatch.setattr(trainer_module, "excess_variation_loss", spy)
+    plain.step = noisy.step = plain.cfg.copy_steps
+    a, b = plain.edit_step(plain.step), noisy.edit_step(noisy.step)
+    assert "noise" not in a and b["noise"] == pytest.approx(captured["value"])
+    assert b["loss"] == pytest.approx(a["loss"] + 3.0 * b["noise"], rel=1e-5)
