@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 from pairfree.world.edits import DEFAULT_MIX
 
 
+def check_device_name(name: str) -> str:
+    """``name`` if it is a device a run can ask for ("auto", "cpu", "cuda", "cuda:N"), else a ValueError naming it."""
+    if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    return name
+
+
 @dataclass
 class ModelsConfig:
     """Where the frozen and initial models come from. ``format: shapes``: shipped names (``shapes-teacher``) or
@@ -117,8 +124,7 @@ class TrainConfig:
     device: str = "auto"  # single process: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N"
 
     def __post_init__(self):
-        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device_name(self.device)
         if self.distributed.frozen not in ("replicate", "zero3"):
             raise ValueError(f"distributed.frozen: expected 'replicate' or 'zero3', got {self.distributed.frozen!r}")
         if self.distributed.zero_stage not in (2, 3):

@@ -17,7 +17,7 @@ from pairfree.models.autoencoder import IdentityAutoencoder
 from pairfree.models.dit import DiT
 from pairfree.models.persistence import CheckpointError
 from pairfree.pretrain.teacher import Teacher
-from pairfree.train.config import ModelsConfig
+from pairfree.train.config import ModelsConfig, check_device_name
 
 
 @dataclass
@@ -38,6 +38,10 @@ class EditorModels:
 def resolve_device(name: str) -> torch.device:
     """The single-process training device of config ``device``: ``auto`` is the GPU when there is one. Asking
     for a GPU that is not there is an error, not a silent fall-back to a CPU run."""
+    try:
+        check_device_name(name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
