@@ -195,6 +195,20 @@ def evaluate(model_dir, bench_dir, out_dir, steps: int = 4, baselines=BASELINES,
     return results
 
 
+GOAL = {"complete edit": 0.80, "PSNR outside mask": 25.0}  # the full run's goal (issue 8)
+
+
+def goal_lines(results: dict) -> list[str]:
+    """The card's verdict against ``GOAL`` (overall, the editor's row): measured, bar, met — said plainly."""
+    if "editor" not in results:
+        return []
+    overall = results["editor"]["overall"]
+    lines = ["## Goal", "", "| metric (overall) | measured | bar | met |", "|---|---|---|---|"]
+    for key, bar in GOAL.items():
+        lines.append(f"| {key} | {overall[key]:.3f} | {bar:g} | {'yes' if overall[key] >= bar else '**no**'} |")
+    return [*lines, ""]
+
+
 def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path:
     """``<model_dir>/MODEL_CARD.md``: what the editor is, how it was trained (``train.json``, written by
     ``pairfree train``), and its benchmark table vs the baselines (measured by the evaluator, not the judge)."""
@@ -227,6 +241,7 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
         "headline. Per sub-type rows: `metrics.md` beside this card.",
         "",
         markdown_table({k: {"overall": v["overall"]} for k, v in results.items()}),
+        *goal_lines(results),
         "## Reproduce",
         "",
         "```bash",

@@ -110,6 +110,8 @@ def test_eval_card_records_training_and_the_benchmark_table(editor_dir, bench_di
     res = json.loads((tmp_path / "metrics.json").read_text())
     assert "1 reference-copy + 1 pair-free editing" in card
     assert f"| **editor** | overall | 48 | {res['editor']['overall']['complete edit']:.3f} |" in card
+    complete = res["editor"]["overall"]["complete edit"]  # a 2-step random editor: far below the 0.80 goal
+    assert f"| complete edit | {complete:.3f} | 0.8 | **no** |" in card
     assert cli(["eval", "--bench", str(bench_dir), "--out", str(tmp_path), "--card"]) == 2
     assert "--card: needs --model" in capsys.readouterr().err
 
@@ -122,3 +124,16 @@ def test_shipped_editor_name_when_absent_is_a_clear_error():
     else:
         with pytest.raises(FileNotFoundError, match="shapes-editor: not found"):
             pretrained("shapes-editor")
+
+
+def test_card_goal_says_met_only_when_both_bars_are_reached():
+    from pairfree.eval.editing import goal_lines
+
+    def verdict(complete, psnr_out):
+        lines = goal_lines({"editor": {"overall": {"complete edit": complete, "PSNR outside mask": psnr_out}}})
+        return [line.rsplit("|", 2)[-2].strip() for line in lines if line.startswith(("| complete", "| PSNR"))]
+
+    assert verdict(0.85, 31.0) == ["yes", "yes"]
+    assert verdict(0.79, 31.0) == ["**no**", "yes"]
+    assert verdict(0.80, 24.9) == ["yes", "**no**"]
+    assert goal_lines({"identity": {"overall": {}}}) == []
