@@ -168,3 +168,57 @@ def test_judge_gradient_report_moves_pixels_and_measures_them_with_the_evaluator
     assert set(still["per kind"]) == {"color", "texture", "background", "add", "remove", "replace", "adjust"}
     moved = judge_gradient_report(judge, evaluator, n=7, steps=5, lr=0.05)
     assert moved["p_verify after"] > moved["p_verify before"] and moved["PSNR outside mask"] < 99.0
+
+
+def test_judge_gradient_low_resolution_change_is_smooth_and_the_ensemble_averages():
+    """``delta_res=1``: every pixel of an image's channel moves by the same amount (a 1² change, upsampled) where
+    nothing clips; an ensemble's per-question loss is the mean of its judges'."""
+    from pairfree.eval.judge_gradient import JudgeEnsemble, optimise_pixels
+    from pairfree.judge.world import build_world_judge
+    from pairfree.world.edits import render_edits, sample_edit
+
+    judges = [build_world_judge(seed=s, image_size=84, width=32, vision_layers=1, text_layers=1) for s in (0, 1)]
+    for j in judges:
+        j.requires_grad_(False)
+    edits = [sample_edit(i, kind="background") for i in range(3)]
+    x = render_edits(edits, 32)[0] * 2 - 1
+    out, _ = optimise_pixels(JudgeEnsemble(judges), x, edits, steps=3, lr=0.1, delta_res=1)
+    change, free = out - x, out.abs() < 1
+    for i in range(3):
+        for c in range(3):
+            d = change[i, c][free[i, c]]
+            assert d.abs().max() > 0.01 and d.max() - d.min() < 1e-5
+    q = [e.questions()[0].to_dict() for e in edits]
+    images, texts = [torch.stack([a, b]) for a, b in zip(x, out)], [d["text"] for d in q]
+    target = torch.tensor([1.0 if d["target"] == "Yes" else 0.0 for d in q])
+    with torch.no_grad():
+        each = [j.loss(images, texts, target) for j in judges]
+        torch.testing.assert_close(JudgeEnsemble(judges).loss(images, texts, target), (each[0] + each[1]) / 2)
+
+
+def test_score_distillation_gradient_is_the_normalised_step_toward_the_teachers_x0():
+    """d loss / d x0 = (x0 − real) / mean|x0 − real| / (numel): the pull toward the teacher's CFG prediction on
+    the edited caption, with t and noise from the given generator (rebuilt here from the same seed)."""
+    from pairfree.eval.judge_gradient import score_distillation_loss
+    from pairfree.flow import add_noise
+    from pairfree.models.dit import DiT, DiTConfig
+    from pairfree.models.text import WorldTextEncoder
+    from pairfree.pretrain.teacher import Teacher
+    from pairfree.train.losses import teacher_x0
+
+    torch.manual_seed(0)
+    text = WorldTextEncoder.for_world(seed=0, width=32, num_layers=1, num_heads=2)
+    dit = DiT(DiTConfig(in_channels=3, out_channels=3, num_layers=1, num_heads=2, head_dim=16, cross_heads=2,
+                        cross_head_dim=16, patch_size=4, norm="rms", text_dim=text.dim))  # fmt: skip
+    teacher = Teacher(dit, text).eval().requires_grad_(False)
+    x0 = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    caps = ["a red circle; a plain blue background.", "a green square at the top left; a plain white background."]
+    score_distillation_loss(teacher, x0, caps, (0.3, 0.7), 3.5, torch.Generator().manual_seed(5)).backward()
+    g = torch.Generator().manual_seed(5)
+    t = 0.3 + 0.4 * torch.rand(2, generator=g)
+    x_t = add_noise(x0.detach(), torch.randn(x0.shape, generator=g), t)
+    with torch.no_grad():
+        real = teacher_x0(teacher, x_t, t, caps, torch.full((2,), 3.5))
+    diff = x0.detach() - real
+    expected = diff / diff.abs().mean(dim=(1, 2, 3), keepdim=True) / diff[0].numel() / 2
+    torch.testing.assert_close(x0.grad, expected)
