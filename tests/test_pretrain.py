@@ -157,17 +157,54 @@ def test_shipped_evaluator_reads_held_out_scenes():
 
 @pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-evaluator").is_dir(), reason="evaluator not shipped yet")
 def test_pretrain_teacher_runs_tiny(tmp_path):
-    sets = [
-        f"out={tmp_path}",
-        "loop.steps=2",
-        "loop.ckpt_every=1",
-        "eval_items=4",
-        "batch=4",
-        "model.dit.num_layers=1",
-        "model.text.num_layers=1",
-    ]
+    sets = _tiny_teacher_sets(tmp_path)
     assert cli(["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--set", *sets]) == 0
     assert (tmp_path / "model" / "samples.png").exists() and (tmp_path / "model" / "MODEL_CARD.md").exists()
+
+
+def _tiny_teacher_sets(tmp_path):
+    return [f"out={tmp_path}", "loop.steps=2", "loop.ckpt_every=1", "eval_items=4", "batch=4",
+            "model.dit.num_layers=1", "model.text.num_layers=1"]  # fmt: skip
+
+
+def test_batches_reach_the_device_whole():
+    """Every tensor of a batch (in dicts, lists, tuples) moves to the loop's device; strings and scenes stay."""
+    from pairfree.pretrain.loop import to_device
+
+    scene = Scene("red", "plain", [])
+    b = {"x": torch.ones(2), "images": [torch.zeros(1, 3), torch.zeros(2, 3)], "pair": (torch.ones(1), "a"), "s": scene}
+    moved = to_device(b, torch.device("meta"))
+    assert moved["x"].is_meta and all(t.is_meta for t in moved["images"]) and moved["pair"][0].is_meta
+    assert isinstance(moved["pair"], tuple) and moved["pair"][1] == "a" and moved["s"] is scene
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_pretraining_refuses_a_missing_gpu_and_a_bad_device_name(tmp_path, capsys):
+    sets = _tiny_teacher_sets(tmp_path)
+    assert (
+        cli(["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--set", *sets, "loop.device=cuda"]) == 2
+    )
+    assert "loop.device: 'cuda' asked for, but torch" in capsys.readouterr().err
+    assert (
+        cli(["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--set", *sets, "loop.device=tpu"]) == 2
+    )
+    assert "loop.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-evaluator").is_dir(), reason="evaluator not shipped yet")
+def test_pretraining_runs_on_the_gpu_and_exports_from_the_cpu(tmp_path, capsys):
+    """``loop.device: auto`` takes the GPU; the steps run there, evaluation and export run on the CPU copy, and a
+    resumed run continues from the GPU-written checkpoint."""
+    sets = _tiny_teacher_sets(tmp_path)
+    assert cli(["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--set", *sets]) == 0
+    assert "training on cuda" in capsys.readouterr().out
+    assert (tmp_path / "model" / "MODEL_CARD.md").exists()
+    more = [*sets, "loop.steps=3"]
+    assert cli(["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--resume", "--set", *more]) == 0
+    assert torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)["step"] == 3
 
 
 def _recorded(name):

@@ -111,7 +111,7 @@ class JudgeTrainee(nn.Module):
         — the image tokens then resemble the question's words, and "is it red?" becomes a similarity test."""
         tokens = self.judge.vision_tokens(images)
         out = self.probe(tokens)
-        tgt = attributes.targets(scenes)
+        tgt = {k: v.to(tokens.device) for k, v in attributes.targets(scenes).items()}
         loss, acc = attributes.loss(out, tgt), attributes.accuracy(out, tgt)
         if align_weight:
             target = self.cell_word_embeddings(scenes).to(tokens.dtype)

@@ -39,6 +39,7 @@ class LoopConfig:
     seed: int = 0
     threads: int = 0  # torch threads (0: leave the default)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0: no limit
+    device: str = "auto"  # where the steps run: auto (the GPU when there is one), cpu, cuda, cuda:N
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -60,6 +61,17 @@ def _set_rng_states(s):
     random.setstate(s["python"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def to_device(batch, device: torch.device):
+    """``batch`` with every tensor in it (dicts, lists, tuples) on ``device``; anything else as it is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def lr_factor(step: int, cfg: LoopConfig) -> float:
@@ -109,8 +121,16 @@ def train(
 ) -> dict:
     """Train ``model`` for ``cfg.steps`` steps; returns ``{"step", "ema", "wall_s", "stopped_early"}``.
 
-    ``batch_fn(step)`` returns the batch of that step; ``loss_fn(model, batch)`` returns ``(loss, metrics)``.
+    ``batch_fn(step)`` returns the batch of that step (on the CPU); ``loss_fn(model, batch)`` returns ``(loss,
+    metrics)``. The steps run on ``cfg.device`` (batches moved there); the model and its EMA come back on the CPU,
+    so evaluation and export are the same everywhere.
     """
+    from pairfree.train.models import resolve_device
+
+    device = resolve_device(cfg.device, "loop.device")
+    model.to(device)
+    if device.type != "cpu":
+        print(f"{title}: training on {device}", flush=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -166,7 +186,7 @@ def train(
     with metrics_path.open("a") as log:
         for step in range(start, cfg.steps):
             model.train()
-            loss, metrics = loss_fn(model, batch_fn(step))
+            loss, metrics = loss_fn(model, to_device(batch_fn(step), device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.tensor(0.0)
@@ -206,4 +226,7 @@ def train(
     bar.close()
     wall = wall_before + time.time() - t0
     save(step, wall)
+    model.to("cpu")
+    if ema is not None:
+        ema.to("cpu")
     return {"step": step, "ema": ema, "wall_s": wall, "stopped_early": stopped}

@@ -35,21 +35,22 @@ class EditorModels:
         return self
 
 
-def resolve_device(name: str) -> torch.device:
-    """The single-process training device of config ``device``: ``auto`` is the GPU when there is one. Asking
-    for a GPU that is not there is an error, not a silent fall-back to a CPU run."""
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """The single-process training device of config ``key`` (``device``; ``loop.device`` for pretraining): ``auto``
+    is the GPU when there is one. Asking for a GPU that is not there is an error, not a silent fall-back to a CPU
+    run."""
     try:
         check_device_name(name)
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(str(e).replace("device:", f"{key}:", 1)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device: {name!r} asked for, but torch {torch.__version__} sees no CUDA GPU")
+            raise ConfigError(f"{key}: {name!r} asked for, but torch {torch.__version__} sees no CUDA GPU")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device: {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise ConfigError(f"{key}: {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
     return device
 
 
