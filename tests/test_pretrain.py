@@ -167,6 +167,31 @@ def _tiny_teacher_sets(tmp_path):
             "model.dit.num_layers=1", "model.text.num_layers=1"]  # fmt: skip
 
 
+def test_prefetch_builds_ahead_and_returns_exactly_the_direct_batches():
+    """``loop.prefetch`` builders: batch ``step`` is ``fn(step)`` in order, after a jump (a resume), and with
+    several built ahead; a count below 1 is a config error naming the key."""
+    import threading
+
+    from pairfree.config import ConfigError
+    from pairfree.pretrain.common import Prefetch
+
+    calls, lock = [], threading.Lock()
+
+    def fn(step):
+        with lock:
+            calls.append(step)
+        return torch.full((2,), float(step)) + torch.randn(2, generator=torch.Generator().manual_seed(step))
+
+    source = Prefetch(fn, ahead=3)
+    for step in [*range(6), 20, 21, 5]:
+        torch.testing.assert_close(source(step), fn(step), rtol=0, atol=0)
+    source(22)
+    source._pending[25].result()
+    assert {1, 2, 3, 21, 22, 23, 24, 25} <= set(calls)
+    with pytest.raises(ConfigError, match="loop.prefetch: expected at least 1"):
+        Prefetch(fn, ahead=0)
+
+
 def test_batches_reach_the_device_whole():
     """Every tensor of a batch (in dicts, lists, tuples) moves to the loop's device; strings and scenes stay."""
     from pairfree.pretrain.loop import to_device

@@ -6,13 +6,14 @@ import json
 import platform
 import shutil
 import sys
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from pairfree.config import ConfigError
 from pairfree.pretrain.loop import LoopConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -32,20 +33,25 @@ class PretrainConfig:
 
 
 class Prefetch:
-    """Builds batch ``step + 1`` on a background thread while ``step`` trains (rendering overlaps compute)."""
+    """Builds the next ``ahead`` batches on background threads while ``step`` trains (rendering overlaps compute;
+    a GPU needs several builders to be kept busy). ``fn(step)`` must depend on ``step`` alone, so prefetched and
+    direct batches are the same."""
 
-    def __init__(self, fn):
-        self.fn, self._next, self._thread = fn, None, None
-
-    def _run(self, step):
-        self._next = (step, self.fn(step))
+    def __init__(self, fn, ahead: int = 1):
+        if ahead < 1:
+            raise ConfigError(f"loop.prefetch: expected at least 1 batch built ahead, got {ahead}")
+        self.fn, self.ahead = fn, ahead
+        self._pool = ThreadPoolExecutor(ahead, thread_name_prefix="prefetch")
+        self._pending: dict[int, Future] = {}
 
     def __call__(self, step):
-        if self._thread is not None:
-            self._thread.join()
-        got = self._next[1] if self._next is not None and self._next[0] == step else self.fn(step)
-        self._thread = threading.Thread(target=self._run, args=(step + 1,), daemon=True)
-        self._thread.start()
+        ready = self._pending.pop(step, None)
+        for stale in [s for s in self._pending if s < step or s > step + self.ahead]:
+            self._pending.pop(stale).cancel()
+        got = ready.result() if ready is not None else self.fn(step)
+        for s in range(step + 1, step + 1 + self.ahead):
+            if s not in self._pending:
+                self._pending[s] = self._pool.submit(self.fn, s)
         return got
 
 

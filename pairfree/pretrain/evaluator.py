@@ -54,7 +54,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     model = Evaluator(EvaluatorConfig(**cfg.model))
     seed = cfg.loop.seed
     source = Prefetch(
-        lambda step: batch_of(scenes_for(seed, "train", step * cfg.batch, cfg.batch, 0.3), cfg.resolution)
+        lambda step: batch_of(scenes_for(seed, "train", step * cfg.batch, cfg.batch, 0.3), cfg.resolution),
+        cfg.loop.prefetch,
     )
 
     def step_loss(m, b):

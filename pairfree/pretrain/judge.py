@@ -327,7 +327,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
             logs.update(caption=cap.item(), dense=dense.item())
         return loss, logs
 
-    result = train(trainee, Prefetch(batch), step_loss, cfg.loop, out, resume=resume, title=NAME)
+    result = train(trainee, Prefetch(batch, cfg.loop.prefetch), step_loss, cfg.loop, out, resume=resume, title=NAME)
     judge = trainee.judge
     final = result["ema"].judge if result["ema"] is not None else judge
     final.model.requires_grad_(False)

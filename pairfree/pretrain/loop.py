@@ -40,6 +40,7 @@ class LoopConfig:
     threads: int = 0  # torch threads (0: leave the default)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0: no limit
     device: str = "auto"  # where the steps run: auto (the GPU when there is one), cpu, cuda, cuda:N
+    prefetch: int = 1  # batches built ahead on background threads (a GPU needs several: rendering is on the CPU)
 
 
 def atomic_save(obj, path: Path) -> None:

@@ -170,7 +170,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         v = m.velocity(xt, b["t"], b["captions"])
         return (v - velocity_target(b["x0"], b["noise"])).square().mean(), {}
 
-    result = train(teacher, Prefetch(batch), step_loss, cfg.loop, out, resume=resume, title=NAME)
+    result = train(teacher, Prefetch(batch, cfg.loop.prefetch), step_loss, cfg.loop, out, resume=resume, title=NAME)
     final = result["ema"] or teacher
     export = out / "model"
     export.mkdir(parents=True, exist_ok=True)
