@@ -68,41 +68,46 @@ def _tone(rgb: torch.Tensor) -> torch.Tensor:
     return light * rgb * 0.5 + (1 - light) * (rgb * 0.5 + 0.45)
 
 
-def render(scenes: list[Scene], resolution: int = 32, supersample: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def render(
+    scenes: list[Scene], resolution: int = 32, supersample: int = 4, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Render ``scenes`` -> ``(images, masks)``: images ``(B, 3, R, R)`` in [0, 1] (float32), masks
-    ``(B, 4, R, R)`` = each object slot's pixel coverage in [0, 1] (zeros for empty slots)."""
+    ``(B, 4, R, R)`` = each object slot's pixel coverage in [0, 1] (zeros for empty slots). ``device``: where
+    to draw (a GPU draws a large batch far faster than the CPU)."""
     if resolution < 8:
         raise ValueError(f"render: resolution must be >= 8, got {resolution}")
     b, s = len(scenes), resolution * supersample
-    coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+    on = dict(device=device)
+    palette = _RGB.to(device)
+    coords = (torch.arange(s, dtype=torch.float32, **on) + 0.5) / s
     y, x = torch.meshgrid(coords, coords, indexing="ij")  # (S, S), y down
     x, y = x.expand(b, s, s), y.expand(b, s, s)
 
-    bg = _RGB[[_COLOR_INDEX[sc.background] for sc in scenes]]  # (B, 3)
+    bg = palette[[_COLOR_INDEX[sc.background] for sc in scenes]]  # (B, 3)
     p = _pattern([sc.background_texture for sc in scenes], x * 2 - 1, y * 2 - 1, freq=6.0)[:, None]
     bg_tone = 0.5 * (bg + _tone(bg))  # a subtler second tone than objects', so objects stand out
     image = bg[:, :, None, None] * (1 - p) + bg_tone[:, :, None, None] * p
 
-    coverage = torch.zeros(b, MAX_OBJECTS, s, s)
+    coverage = torch.zeros(b, MAX_OBJECTS, s, s, **on)
     for k in range(MAX_OBJECTS):
         slot = [(i, sc.objects[k]) for i, sc in enumerate(scenes) if k < len(sc.objects)]
         if not slot:
             break
         for shape in sorted({o.shape for _, o in slot}):  # evaluate each shape only where it is drawn
             group = [(i, o) for i, o in slot if o.shape == shape]
-            idx = torch.tensor([i for i, _ in group])
-            half = torch.tensor([SIZES[o.size] for _, o in group])[:, None, None]
-            cx = torch.tensor([(o.col + 0.5) / GRID for _, o in group])[:, None, None]
-            cy = torch.tensor([(o.row + 0.5) / GRID for _, o in group])[:, None, None]
+            idx = torch.tensor([i for i, _ in group], **on)
+            half = torch.tensor([SIZES[o.size] for _, o in group], **on)[:, None, None]
+            cx = torch.tensor([(o.col + 0.5) / GRID for _, o in group], **on)[:, None, None]
+            cy = torch.tensor([(o.row + 0.5) / GRID for _, o in group], **on)[:, None, None]
             u, v = (x[: len(group)] - cx) / half, (y[: len(group)] - cy) / half
             a = _inside(shape, u, v).float()[:, None]
-            rgb = _RGB[[_COLOR_INDEX[o.color] for _, o in group]]
+            rgb = palette[[_COLOR_INDEX[o.color] for _, o in group]]
             tp = _pattern([o.texture for _, o in group], u, v, freq=2.5)[:, None]
             color = rgb[:, :, None, None] * (1 - tp) + _tone(rgb)[:, :, None, None] * tp
             if any(scenes[i].style == "outline" for i, _ in group):  # keep only a band inside the edge
                 band = max(1, s // 40)
                 eroded = 1 - F.max_pool2d(1 - a, 2 * band + 1, stride=1, padding=band)
-                outline = torch.tensor([scenes[i].style == "outline" for i, _ in group])[:, None, None, None]
+                outline = torch.tensor([scenes[i].style == "outline" for i, _ in group], **on)[:, None, None, None]
                 a = torch.where(outline, a - eroded, a)
             image[idx] = image[idx] * (1 - a) + color * a
             coverage[idx, k] = a[:, 0]
@@ -118,7 +123,8 @@ def _stylise(image: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
             continue
         im = image[idx]
         if style == "grayscale":
-            im = (im * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True).expand_as(im)
+            luma = torch.tensor([0.299, 0.587, 0.114], device=im.device)[:, None, None]
+            im = (im * luma).sum(1, keepdim=True).expand_as(im)
         elif style == "invert":
             im = 1 - im
         else:
