@@ -232,6 +232,24 @@ def test_pretraining_runs_on_the_gpu_and_exports_from_the_cpu(tmp_path, capsys):
     assert torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)["step"] == 3
 
 
+@pytest.mark.skipif(not (WEIGHTS_DIR / "shapes-evaluator").is_dir(), reason="evaluator not shipped yet")
+def test_teacher_drawing_its_batches_in_the_step_trains_identically(tmp_path):
+    """``model.render_on_device`` (draw the images where the model is: a GPU) changes where, not what: the same
+    losses step for step as drawing them in the prefetch thread."""
+    losses = {}
+    for flag in ("false", "true"):
+        sets = [
+            *_tiny_teacher_sets(tmp_path / flag),
+            "loop.log_every=1",
+            "loop.steps=3",
+            f"model.render_on_device={flag}",
+        ]
+        assert cli(["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--set", *sets]) == 0
+        rows = [json.loads(x) for x in (tmp_path / flag / "metrics.jsonl").read_text().splitlines()]
+        losses[flag] = [r["loss"] for r in rows]
+    assert len(losses["true"]) == 3 and losses["true"] == losses["false"]
+
+
 def _recorded(name):
     return json.loads((WEIGHTS_DIR / name / "metrics.json").read_text())
 

@@ -24,6 +24,7 @@ from pairfree.pretrain.loop import train
 from pairfree.world.captions import caption
 from pairfree.world.datasets import CaptionImageDataset, item_seed
 from pairfree.world.grid import _tile
+from pairfree.world.render import render
 from pairfree.world.scene import sample_scene
 
 NAME = "shapes-teacher"
@@ -152,20 +153,22 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     teacher = Teacher(DiT(dit_cfg), text)
     ds = CaptionImageDataset(10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution)
     drop = cfg.model.get("caption_dropout", 0.1)
+    on_device = cfg.model.get("render_on_device", False)  # draw the images where the model trains (a GPU)
 
     def batch(step):
-        items = ds.__getitems__(list(range(step * cfg.batch, (step + 1) * cfg.batch)))
+        js = list(range(step * cfg.batch, (step + 1) * cfg.batch))
+        examples = [ds.example(ds.global_index(j)) for j in js]
         g = torch.Generator().manual_seed(item_seed(cfg.loop.seed, "train", step))
-        caps = [it["caption"] if torch.rand((), generator=g) >= drop else "" for it in items]
-        x0 = torch.stack([it["image"] for it in items])
-        return {
-            "x0": x0,
-            "captions": caps,
-            "noise": torch.randn(x0.shape, generator=g),
-            "t": logit_normal_t(len(items), generator=g),
-        }
+        caps = [cap if torch.rand((), generator=g) >= drop else "" for _, cap in examples]
+        shape = (len(js), 3, cfg.resolution, cfg.resolution)
+        b = {"captions": caps, "noise": torch.randn(shape, generator=g), "t": logit_normal_t(len(js), generator=g)}
+        if on_device:
+            return {**b, "scenes": [sc for sc, _ in examples]}
+        return {**b, "x0": render([sc for sc, _ in examples], cfg.resolution)[0] * 2 - 1}
 
     def step_loss(m, b):
+        if "scenes" in b:
+            b["x0"] = render(b["scenes"], cfg.resolution, device=b["noise"].device)[0] * 2 - 1
         xt = add_noise(b["x0"], b["noise"], b["t"])
         v = m.velocity(xt, b["t"], b["captions"])
         return (v - velocity_target(b["x0"], b["noise"])).square().mean(), {}
