@@ -34,6 +34,8 @@ $PY benchmarks/fused_ops.py --out "$OUT" >"$OUT/bench_fused_ops.md" 2>&1
 fused_rc=$?
 $PY benchmarks/unroll_memory.py --out "$OUT" >"$OUT/bench_unroll_memory.md" 2>&1
 unroll_rc=$?
+$PY benchmarks/world_render.py --device cuda --out "$OUT" >"$OUT/bench_world_render.md" 2>&1
+render_rc=$?
 # the full-step benchmark needs diffusers (DC-AE); the GPU machine has none: carry its pure-Python wheel in wheels/
 $PY -c "import diffusers" 2>/dev/null || $PY -m pip install --no-deps --no-index --find-links wheels diffusers >>"$OUT/build.log" 2>&1
 $PY benchmarks/train_step.py --out "$OUT" >"$OUT/bench_train_step.md" 2>&1
@@ -49,6 +51,7 @@ echo "| benchmark modulated_rms_norm | rc=$bench_rc |"
 echo "| benchmark attention | rc=$attn_rc |"
 echo "| benchmark fused_ops | rc=$fused_rc |"
 echo "| benchmark unroll_memory | rc=$unroll_rc |"
+echo "| benchmark world_render (GPU) | rc=$render_rc: $(grep -E '^\| world.render \| 32x32' "$OUT/bench_world_render.md" | head -1) |"
 echo "| benchmark train_step | rc=$step_rc |"
 echo
 grep -E "^\| op |^\|---|\| full \|" "$OUT/bench_modulated_rms_norm.md" || tail -20 "$OUT/bench_modulated_rms_norm.md"

@@ -1,6 +1,7 @@
-"""Benchmark the shapes-world renderer: images/s on one CPU thread at 32², 64² and 128² (batch of 64 scenes).
+"""Benchmark the shapes-world renderer: images/s on one CPU thread (or on a GPU: ``--device cuda``, batch 256) at
+32², 64² and 128² (batch of 64 scenes on the CPU).
 
-python benchmarks/world_render.py [--quick] [--out DIR]
+python benchmarks/world_render.py [--quick] [--device cpu|cuda] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from pairfree.world import render, sample_scene  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    batch = 8 if args.quick else 64
+    device = torch.device(args.device)
+    batch = 8 if args.quick else (256 if device.type == "cuda" else 64)
     scenes = [sample_scene(s) for s in range(batch)]
     rows = []
     for res in (32,) if args.quick else (32, 64, 128):
         t = measure_ms(
-            lambda: render(scenes, res), device=torch.device("cpu"), warmup=1, repeats=3 if args.quick else 10
+            lambda: render(scenes, res, device=device), device=device, warmup=1, repeats=3 if args.quick else 10
         )
         rows.append(
             {
                 "op": "world.render",
-                "provider": "torch (1 thread)",
+                "provider": "torch (1 thread)" if device.type == "cpu" else "torch (GPU)",
                 "mode": "forward",
                 "size": f"{res}x{res}",
                 "dtype": "float32",
@@ -44,9 +47,10 @@ def main(argv=None):
                 "images/s": batch / (t["median"] * 1e-3),
             }
         )
-    meta = run_metadata(torch.device("cpu"))
-    meta["device"] = meta["device"].rsplit(",", 1)[0] + ", 1 thread"
-    name = "world_render_quick_cpu" if args.quick else "world_render_cpu"
+    meta = run_metadata(device)
+    if device.type == "cpu":
+        meta["device"] = meta["device"].rsplit(",", 1)[0] + ", 1 thread"
+    name = f"world_render{'_quick' if args.quick else ''}_{device.type}"
     path = save(name, rows, meta, args.out) if args.out else save(name, rows, meta)
     print(markdown_table(rows, ["op", "size", "batch", "median_ms", "images/s"]))
     print(f"\nraw rows: {path}")
