@@ -21,7 +21,7 @@ RUNS=${RUNS:-/tmp/pairfree_gpu_editor}
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 train() { $PY -m pairfree.cli train --config $CFG "$@"; }
-common=(batch=$BATCH threads=0 log_every=50 sample_every=0 ckpt_every=500 device=${DEVICE:-cuda})
+common=(batch=$BATCH threads=0 prefetch=4 log_every=50 sample_every=0 ckpt_every=500 device=${DEVICE:-cuda})
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -m pairfree.cli world bench --out "$RUNS/bench" --n-per-type 25 --seed 0 >"$OUT/bench.log" 2>&1

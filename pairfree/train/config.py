@@ -122,9 +122,12 @@ class TrainConfig:
     threads: int = 0
     tensorboard: bool = False
     device: str = "auto"  # single process: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N"
+    prefetch: int = 0  # batches built ahead on background threads (0: in the step); a GPU outruns the renderer
 
     def __post_init__(self):
         check_device_name(self.device)
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch: expected ≥ 0 batches built ahead, got {self.prefetch}")
         if self.distributed.frozen not in ("replicate", "zero3"):
             raise ValueError(f"distributed.frozen: expected 'replicate' or 'zero3', got {self.distributed.frozen!r}")
         if self.distributed.zero_stage not in (2, 3):

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pairfree.config import to_dict
 from pairfree.flow import few_step_schedule
+from pairfree.pretrain.common import Prefetch
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import (
     dmd_generator_loss,
@@ -129,6 +130,7 @@ class EditorTrainer:
             10**12, mix=cfg.mix, seed=cfg.seed, split="train", resolution=cfg.models.resolution, rank=rank,
             world_size=world_size,
         )  # fmt: skip
+        self._items = Prefetch(self._build_batch, cfg.prefetch) if cfg.prefetch else self._build_batch
         self.schedule = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
         self.device = next(models.generator.parameters()).device
         self.step, self.skipped, self.wall = 0, 0, 0.0
@@ -137,6 +139,10 @@ class EditorTrainer:
 
     # ------------------------------------------------------------------------------------------ data ---
     def batch(self, step: int) -> list[dict]:
+        """This rank's items of ``step`` (built ahead on threads with ``prefetch``; the same items either way)."""
+        return self._items(step)
+
+    def _build_batch(self, step: int) -> list[dict]:
         b = self.cfg.batch
         return self.data.__getitems__(list(range(step * b, (step + 1) * b)))
 

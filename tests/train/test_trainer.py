@@ -256,3 +256,18 @@ def test_noise_weight_adds_the_excess_variation_term(tiny_models, tmp_path, monk
     a, b = plain.edit_step(plain.step), noisy.edit_step(noisy.step)
     assert "noise" not in a and b["noise"] == pytest.approx(captured["value"])
     assert b["loss"] == pytest.approx(a["loss"] + 3.0 * b["noise"], rel=1e-5)
+
+
+def test_prefetched_batches_train_identically(tiny_models, tmp_path):
+    """``prefetch: 2`` builds batches on threads ahead of the step (for a GPU the renderer cannot keep up with)
+    and changes nothing: every logged loss equals the run that builds them in the step."""
+    rows = {}
+    for n in (0, 2):
+        sets = tiny_overrides(tiny_models, tmp_path / str(n), prefetch=n)
+        assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set", *sets]) == 0
+        rows[n] = [
+            {k: v for k, v in r.items() if k not in ("time", "wall_s", "it_s")} for r in _metrics(tmp_path / str(n))
+        ]
+    assert len(rows[2]) == 5 and rows[2] == rows[0]
+    with pytest.raises(ValueError, match="prefetch: expected ≥ 0"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(tiny_models, tmp_path, prefetch=-1))
