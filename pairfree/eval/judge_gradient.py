@@ -31,9 +31,8 @@ class JudgeEnsemble:
         self.judges = list(judges)
 
     def loss(self, images, questions, target_yes, temperature: float = 1.0, full_vocab: bool = False):
-        return torch.stack([j.loss(images, questions, target_yes, temperature, full_vocab) for j in self.judges]).mean(
-            0
-        )
+        each = [j.loss(images, questions, target_yes, temperature, full_vocab) for j in self.judges]
+        return torch.stack(each).mean(0)
 
     def parameters(self):
         return (p for j in self.judges for p in j.parameters())

@@ -24,7 +24,6 @@ from pairfree.pretrain.loop import train
 from pairfree.world.captions import caption
 from pairfree.world.datasets import CaptionImageDataset, item_seed
 from pairfree.world.grid import _tile
-from pairfree.world.render import render
 from pairfree.world.scene import sample_scene
 
 NAME = "shapes-teacher"
@@ -164,11 +163,11 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         b = {"captions": caps, "noise": torch.randn(shape, generator=g), "t": logit_normal_t(len(js), generator=g)}
         if on_device:
             return {**b, "scenes": [sc for sc, _ in examples]}
-        return {**b, "x0": render([sc for sc, _ in examples], cfg.resolution)[0] * 2 - 1}
+        return {**b, "x0": ds._render(sc for sc, _ in examples)}
 
     def step_loss(m, b):
         if "scenes" in b:
-            b["x0"] = render(b["scenes"], cfg.resolution, device=b["noise"].device)[0] * 2 - 1
+            b["x0"] = ds._render(b["scenes"], device=b["noise"].device)
         xt = add_noise(b["x0"], b["noise"], b["t"])
         v = m.velocity(xt, b["t"], b["captions"])
         return (v - velocity_target(b["x0"], b["noise"])).square().mean(), {}

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pairfree.world.edits import DEFAULT_MIX
 
 
-def check_device_name(name: str) -> str:
-    """``name`` if it is a device a run can ask for ("auto", "cpu", "cuda", "cuda:N"), else a ValueError naming it."""
+def check_device_name(name: str, key: str = "device") -> str:
+    """``name`` if it is a device a run can ask for ("auto", "cpu", "cuda", "cuda:N"), else a ValueError naming the
+    config ``key`` and it."""
     if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+        raise ValueError(f"{key}: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     return name
 
 

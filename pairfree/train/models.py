@@ -40,9 +40,9 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     is the GPU when there is one. Asking for a GPU that is not there is an error, not a silent fall-back to a CPU
     run."""
     try:
-        check_device_name(name)
+        check_device_name(name, key)
     except ValueError as e:
-        raise ConfigError(str(e).replace("device:", f"{key}:", 1)) from None
+        raise ConfigError(str(e)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

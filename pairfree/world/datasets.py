@@ -64,8 +64,8 @@ class WorldDataset(Dataset):
     def __getitems__(self, js: list[int]) -> list[dict]:
         raise NotImplementedError
 
-    def _render(self, scenes) -> torch.Tensor:
-        images, _ = render(list(scenes), self.resolution)
+    def _render(self, scenes, device="cpu") -> torch.Tensor:
+        images, _ = render(list(scenes), self.resolution, device=device)
         return images * 2 - 1
 
 
