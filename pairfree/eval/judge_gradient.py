@@ -69,13 +69,15 @@ def optimise_pixels(
     t_range: tuple[float, float] = (0.3, 0.7),
     cfg: float = 3.5,
     vlm_weight: float = 1.0,
+    l1_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Adam on the output pixels (clamped to [-1, 1]) from ``inputs`` (``(N, 3, R, R)`` in [-1, 1]) against
     ``vlm_weight`` × the verification + identity CE (the judge seeing the pixels through fresh Gaussian noise of σ
     ``noise`` each step: the trainer's ``loss.judge_noise``) + ``teacher_weight`` × score distillation toward
-    ``teacher`` on each edit's edited caption. ``delta_res``: optimise a ``delta_res``² change, bilinearly
+    ``teacher`` on each edit's edited caption + ``l1_weight`` × the mean |output − input| (the trainer's
+    ``loss.pixel_identity_weight``: only changes whose pull outweighs it survive). ``delta_res``: optimise a ``delta_res``² change, bilinearly
     upsampled, instead of every pixel. Returns the outputs and the judge's final mean P(target) per question (on the
-    noiseless outputs)."""
+    noiseless outputs; none without a ``judge``)."""
     from pairfree.train.losses import vlm_editing_loss
 
     questions = [[q.to_dict() for q in e.questions()] for e in edits]
@@ -97,12 +99,14 @@ def optimise_pixels(
             loss = loss + vlm_weight * vlm_editing_loss(judge, inputs, seen, questions, 1.0)[0]
         if teacher_weight:
             loss = loss + teacher_weight * score_distillation_loss(teacher, out, captions, t_range, cfg, g)
+        if l1_weight:
+            loss = loss + l1_weight * (out - inputs).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
         out = outputs()
-        _, probs = vlm_editing_loss(judge, inputs, out, questions, 1.0)
+        probs = vlm_editing_loss(judge, inputs, out, questions, 1.0)[1] if judge is not None else {}
     return out, probs
 
 
@@ -180,6 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--noise", type=float, default=0.0, help="σ of the noise the judge sees (loss.judge_noise)")
     ap.add_argument("--vlm-weight", type=float, default=1.0, help="weight of the judge's loss (0: the teacher alone)")
+    ap.add_argument("--l1-weight", type=float, default=0.0, help="weight of the mean |output - input| (sparse changes)")
     ap.add_argument("--delta-res", type=int, default=None, help="optimise a low-resolution change, upsampled")
     ap.add_argument(
         "--teacher", default=None, help="add score distillation toward this teacher (shapes-teacher or a directory)"
@@ -196,6 +201,8 @@ def main(argv=None) -> int:
     judges = [load_judge(j) for j in args.judge.split(",")]
     judge = judges[0] if len(judges) == 1 else JudgeEnsemble(judges)
     signal = {"vlm_weight": args.vlm_weight, "delta_res": args.delta_res}
+    if args.l1_weight:
+        signal["l1_weight"] = args.l1_weight
     if args.teacher:
         teacher = pretrained("shapes-teacher", None if args.teacher == "shapes-teacher" else args.teacher)
         signal.update(teacher=teacher.eval().requires_grad_(False), teacher_weight=args.teacher_weight,

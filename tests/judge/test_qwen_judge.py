@@ -222,3 +222,31 @@ def test_score_distillation_gradient_is_the_normalised_step_toward_the_teachers_
     diff = x0.detach() - real
     expected = diff / diff.abs().mean(dim=(1, 2, 3), keepdim=True) / diff[0].numel() / 2
     torch.testing.assert_close(x0.grad, expected)
+
+
+def test_l1_to_the_input_holds_pixels_against_the_teachers_pull():
+    """``l1_weight``: the mean |output − input| term holds the pixels near the input (its gradient outweighs the
+    normalised pull everywhere), where the pull alone moves them further; with only the L1 term nothing moves
+    (the output starts at the input)."""
+    from pairfree.eval.judge_gradient import optimise_pixels
+    from pairfree.models.dit import DiT, DiTConfig
+    from pairfree.models.text import WorldTextEncoder
+    from pairfree.pretrain.teacher import Teacher
+    from pairfree.world.edits import render_edits, sample_edit
+
+    torch.manual_seed(0)
+    text = WorldTextEncoder.for_world(seed=0, width=32, num_layers=1, num_heads=2)
+    dit = DiT(DiTConfig(in_channels=3, out_channels=3, num_layers=1, num_heads=2, head_dim=16, cross_heads=2,
+                        cross_head_dim=16, patch_size=4, norm="rms", text_dim=text.dim))  # fmt: skip
+    teacher = Teacher(dit, text).eval().requires_grad_(False)
+    edits = [sample_edit(i, kind=k) for i, k in enumerate(("color", "remove", "background"))]
+    x = render_edits(edits, 32)[0] * 2 - 1
+    lr = 0.02
+    moved = {}
+    for w in (0.0, 100.0):
+        out, _ = optimise_pixels(None, x, edits, 20, lr, vlm_weight=0.0, teacher=teacher, teacher_weight=1.0,
+                                 l1_weight=w)  # fmt: skip
+        moved[w] = (out - x).abs().mean().item()
+    assert moved[100.0] < 2 * lr and moved[0.0] > 3 * moved[100.0]
+    still, _ = optimise_pixels(None, x, edits, 5, lr, vlm_weight=0.0, l1_weight=1.0)
+    assert torch.equal(still, x)
