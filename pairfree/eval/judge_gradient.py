@@ -75,9 +75,9 @@ def optimise_pixels(
     ``vlm_weight`` × the verification + identity CE (the judge seeing the pixels through fresh Gaussian noise of σ
     ``noise`` each step: the trainer's ``loss.judge_noise``) + ``teacher_weight`` × score distillation toward
     ``teacher`` on each edit's edited caption + ``l1_weight`` × the mean |output − input| (the trainer's
-    ``loss.pixel_identity_weight``: only changes whose pull outweighs it survive). ``delta_res``: optimise a ``delta_res``² change, bilinearly
-    upsampled, instead of every pixel. Returns the outputs and the judge's final mean P(target) per question (on the
-    noiseless outputs; none without a ``judge``)."""
+    ``loss.pixel_identity_weight``: only changes whose pull outweighs it survive). ``delta_res``: optimise a
+    ``delta_res``² change, bilinearly upsampled, instead of every pixel. Returns the outputs and the judge's final
+    mean P(target) per question (on the noiseless outputs; none without a ``judge``)."""
     from pairfree.train.losses import vlm_editing_loss
 
     questions = [[q.to_dict() for q in e.questions()] for e in edits]
