@@ -200,9 +200,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     judges = [load_judge(j) for j in args.judge.split(",")]
     judge = judges[0] if len(judges) == 1 else JudgeEnsemble(judges)
-    signal = {"vlm_weight": args.vlm_weight, "delta_res": args.delta_res}
-    if args.l1_weight:
-        signal["l1_weight"] = args.l1_weight
+    signal = {"vlm_weight": args.vlm_weight, "delta_res": args.delta_res, "l1_weight": args.l1_weight}
     if args.teacher:
         teacher = pretrained("shapes-teacher", None if args.teacher == "shapes-teacher" else args.teacher)
         signal.update(teacher=teacher.eval().requires_grad_(False), teacher_weight=args.teacher_weight,

@@ -196,21 +196,27 @@ def test_judge_gradient_low_resolution_change_is_smooth_and_the_ensemble_average
         torch.testing.assert_close(JudgeEnsemble(judges).loss(images, texts, target), (each[0] + each[1]) / 2)
 
 
-def test_score_distillation_gradient_is_the_normalised_step_toward_the_teachers_x0():
-    """d loss / d x0 = (x0 − real) / mean|x0 − real| / (numel): the pull toward the teacher's CFG prediction on
-    the edited caption, with t and noise from the given generator (rebuilt here from the same seed)."""
-    from pairfree.eval.judge_gradient import score_distillation_loss
-    from pairfree.flow import add_noise
+def _tiny_teacher():
+    """A frozen one-layer text-to-image teacher with random weights (seed 0): fast, with a real pull."""
     from pairfree.models.dit import DiT, DiTConfig
     from pairfree.models.text import WorldTextEncoder
     from pairfree.pretrain.teacher import Teacher
-    from pairfree.train.losses import teacher_x0
 
     torch.manual_seed(0)
     text = WorldTextEncoder.for_world(seed=0, width=32, num_layers=1, num_heads=2)
     dit = DiT(DiTConfig(in_channels=3, out_channels=3, num_layers=1, num_heads=2, head_dim=16, cross_heads=2,
                         cross_head_dim=16, patch_size=4, norm="rms", text_dim=text.dim))  # fmt: skip
-    teacher = Teacher(dit, text).eval().requires_grad_(False)
+    return Teacher(dit, text).eval().requires_grad_(False)
+
+
+def test_score_distillation_gradient_is_the_normalised_step_toward_the_teachers_x0():
+    """d loss / d x0 = (x0 − real) / mean|x0 − real| / (numel): the pull toward the teacher's CFG prediction on
+    the edited caption, with t and noise from the given generator (rebuilt here from the same seed)."""
+    from pairfree.eval.judge_gradient import score_distillation_loss
+    from pairfree.flow import add_noise
+    from pairfree.train.losses import teacher_x0
+
+    teacher = _tiny_teacher()
     x0 = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)
     caps = ["a red circle; a plain blue background.", "a green square at the top left; a plain white background."]
     score_distillation_loss(teacher, x0, caps, (0.3, 0.7), 3.5, torch.Generator().manual_seed(5)).backward()
@@ -229,16 +235,9 @@ def test_l1_to_the_input_holds_pixels_against_the_teachers_pull():
     normalised pull everywhere), where the pull alone moves them further; with only the L1 term nothing moves
     (the output starts at the input)."""
     from pairfree.eval.judge_gradient import optimise_pixels
-    from pairfree.models.dit import DiT, DiTConfig
-    from pairfree.models.text import WorldTextEncoder
-    from pairfree.pretrain.teacher import Teacher
     from pairfree.world.edits import render_edits, sample_edit
 
-    torch.manual_seed(0)
-    text = WorldTextEncoder.for_world(seed=0, width=32, num_layers=1, num_heads=2)
-    dit = DiT(DiTConfig(in_channels=3, out_channels=3, num_layers=1, num_heads=2, head_dim=16, cross_heads=2,
-                        cross_head_dim=16, patch_size=4, norm="rms", text_dim=text.dim))  # fmt: skip
-    teacher = Teacher(dit, text).eval().requires_grad_(False)
+    teacher = _tiny_teacher()
     edits = [sample_edit(i, kind=k) for i, k in enumerate(("color", "remove", "background"))]
     x = render_edits(edits, 32)[0] * 2 - 1
     lr = 0.02
