@@ -302,3 +302,25 @@ def test_adversarial_images_attack_only_the_last_image_within_eps():
     noisy = adversarial_images(m, b, eps, steps=2, start=start, noise=noise)
     for x, a, n in zip(b["images"], noisy, noise):
         assert torch.equal(a[:-1], x[:-1]) and (a[-1] - (x[-1] + n).clamp(-1, 1)).abs().max() <= eps + 1e-6
+
+
+def test_teacher_init_starts_from_saved_weights_and_refuses_a_mismatch(tmp_path, capsys):
+    from pairfree.pretrain.teacher import Teacher
+
+    first = tmp_path / "first"
+    teacher_yaml = ["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--set"]
+    assert cli([*teacher_yaml, *_tiny_teacher_sets(first)]) == 0
+    saved = Teacher.from_pretrained(first / "model").state_dict()
+    for init, out in (("", tmp_path / "fresh"), (str(first / "model"), tmp_path / "again")):
+        sets = [*_tiny_teacher_sets(out), "loop.steps=0", *([f"init={init}"] if init else [])]
+        assert cli([*teacher_yaml, *sets]) == 0
+        got = Teacher.from_pretrained(out / "model").state_dict()
+        same = all(torch.equal(got[k], saved[k]) for k in saved)
+        assert same == bool(init), f"init={init!r}: exported weights {'differ from' if init else 'equal'} the saved"
+    capsys.readouterr()
+    bigger = [*_tiny_teacher_sets(tmp_path / "big"), "model.dit.num_layers=2", f"init={first / 'model'}"]
+    assert cli([*teacher_yaml, *bigger]) == 2
+    assert "holds a teacher of another shape" in capsys.readouterr().err
+    missing = [*_tiny_teacher_sets(tmp_path / "none"), f"init={tmp_path / 'nowhere'}"]
+    assert cli([*teacher_yaml, *missing]) == 2
+    assert "is not a teacher directory" in capsys.readouterr().err

@@ -30,6 +30,7 @@ class PretrainConfig:
     model: dict = field(default_factory=dict)
     eval_items: int = 2000
     ship: bool = False  # copy the final model into pairfree/weights/<name>/
+    init: str = ""  # start from this model directory's weights (a longer run of a shipped model); not with --resume
 
 
 class Prefetch:

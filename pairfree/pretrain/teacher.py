@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pairfree.config import from_dict
+from pairfree.config import ConfigError, from_dict
 from pairfree.flow import add_noise, logit_normal_t, shift_time, velocity_target
 from pairfree.models.dit import DiT, DiTConfig
 from pairfree.models.text import WorldTextEncoder
@@ -142,6 +142,23 @@ def save_sample_grid(images: torch.Tensor, caps: list[str], out: Path, tile: int
     sheet.save(out)
 
 
+def load_init(teacher: Teacher, path: str) -> None:
+    """Start from a saved teacher's weights (``init``): the way to train a shipped teacher longer, since a run's
+    optimizer checkpoint need not survive."""
+    root = Path(path)
+    if not (root / "dit").is_dir() or not (root / "text").is_dir():
+        raise ConfigError(f"init: {root} is not a teacher directory (expected {root}/dit and {root}/text)")
+    saved = Teacher.from_pretrained(root)
+    mine, theirs = teacher.state_dict(), saved.state_dict()
+    wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+    if wrong or len(theirs) != len(mine):
+        raise ConfigError(
+            f"init: {root} holds a teacher of another shape than model.* describes "
+            f"(first mismatch: {(wrong or sorted(set(theirs) - set(mine)))[0]})"
+        )
+    teacher.load_state_dict(theirs)
+
+
 def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     from pairfree import pretrained
 
@@ -150,6 +167,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     text = WorldTextEncoder.for_world(seed=cfg.loop.seed, **cfg.model.get("text", {}))
     dit_cfg = from_dict(DiTConfig, {**cfg.model.get("dit", {}), "text_dim": text.dim}, "model.dit")
     teacher = Teacher(DiT(dit_cfg), text)
+    if cfg.init and not resume:
+        load_init(teacher, cfg.init)
     ds = CaptionImageDataset(10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution)
     drop = cfg.model.get("caption_dropout", 0.1)
     on_device = cfg.model.get("render_on_device", False)  # draw the images where the model trains (a GPU)
