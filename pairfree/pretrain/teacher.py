@@ -150,11 +150,12 @@ def load_init(teacher: Teacher, path: str) -> None:
         raise ConfigError(f"init: {root} is not a teacher directory (expected {root}/dit and {root}/text)")
     saved = Teacher.from_pretrained(root)
     mine, theirs = teacher.state_dict(), saved.state_dict()
-    wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
-    if wrong or len(theirs) != len(mine):
+    wrong = sorted(
+        k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape
+    )
+    if wrong:
         raise ConfigError(
-            f"init: {root} holds a teacher of another shape than model.* describes "
-            f"(first mismatch: {(wrong or sorted(set(theirs) - set(mine)))[0]})"
+            f"init: {root} holds a teacher of another shape than model.* describes (first mismatch: {wrong[0]})"
         )
     teacher.load_state_dict(theirs)
 
