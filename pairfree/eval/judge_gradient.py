@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pairfree.eval.editing import attribute_checks, psnr
+from pairfree.world.captions import caption
 
 
 class JudgeEnsemble:
@@ -39,20 +40,32 @@ class JudgeEnsemble:
 
 
 def score_distillation_loss(
-    teacher, x0: torch.Tensor, captions: list[str], t_range, cfg: float, generator: torch.Generator
+    teacher,
+    x0: torch.Tensor,
+    captions: list[str],
+    t_range,
+    cfg: float,
+    generator: torch.Generator,
+    reference: torch.Tensor | None = None,
+    source_captions: list[str] | None = None,
 ) -> torch.Tensor:
     """The teacher's pull on ``x0``: noise it to t ~ U[t_range], take the teacher's x0 prediction (CFG on the edited
     ``captions``) and step toward it, normalised per sample like DMD's gradient (score distillation: DMD with the
-    critic replaced by the current pixels)."""
+    critic replaced by the current pixels). With ``reference`` and ``source_captions``: the delta score
+    (``pairfree.train.losses.delta_fake_x0``), the teacher's pull on the reference under its own caption taken off."""
     from pairfree.flow import add_noise
     from pairfree.kernels.dmd import dmd_loss
-    from pairfree.train.losses import teacher_x0
+    from pairfree.train.losses import delta_fake_x0, teacher_x0
 
     t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(len(x0), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    scale = torch.full((len(x0),), cfg, device=x0.device)
     with torch.no_grad():
-        x_t = add_noise(x0.detach(), torch.randn(x0.shape, generator=generator).to(x0.device), t)
-        real = teacher_x0(teacher, x_t, t, captions, torch.full((len(x0),), cfg, device=x0.device))
-    return dmd_loss(x0, real, x0.detach()).mean()
+        real = teacher_x0(teacher, add_noise(x0.detach(), noise, t), t, captions, scale)
+        fake = x0.detach()
+        if reference is not None:
+            fake = delta_fake_x0(teacher, x0.detach(), reference, noise, t, source_captions, scale)
+    return dmd_loss(x0, real, fake).mean()
 
 
 def optimise_pixels(
@@ -70,18 +83,21 @@ def optimise_pixels(
     cfg: float = 3.5,
     vlm_weight: float = 1.0,
     l1_weight: float = 0.0,
+    delta: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Adam on the output pixels (clamped to [-1, 1]) from ``inputs`` (``(N, 3, R, R)`` in [-1, 1]) against
     ``vlm_weight`` × the verification + identity CE (the judge seeing the pixels through fresh Gaussian noise of σ
     ``noise`` each step: the trainer's ``loss.judge_noise``) + ``teacher_weight`` × score distillation toward
     ``teacher`` on each edit's edited caption + ``l1_weight`` × the mean |output − input| (the trainer's
-    ``loss.pixel_identity_weight``: only changes whose pull outweighs it survive). ``delta_res``: optimise a
+    ``loss.pixel_identity_weight``: only changes whose pull outweighs it survive); ``delta``: the delta score (the
+    teacher's pull on the input under the source caption taken off: ``loss.dmd_fake: delta``). ``delta_res``: a
     ``delta_res``² change, bilinearly upsampled, instead of every pixel. Returns the outputs and the judge's final
     mean P(target) per question (on the noiseless outputs; none without a ``judge``)."""
     from pairfree.train.losses import vlm_editing_loss
 
     questions = [[q.to_dict() for q in e.questions()] for e in edits]
     captions = [e.edited_caption() for e in edits]
+    source = dict(reference=inputs, source_captions=[caption(e.source, 0) for e in edits]) if delta else {}
     r = inputs.shape[-1]
     change = torch.zeros(*inputs.shape[:2], delta_res or r, delta_res or r, requires_grad=True)
 
@@ -98,7 +114,7 @@ def optimise_pixels(
             seen = out + noise * torch.randn(out.shape, generator=g).to(out.device) if noise else out
             loss = loss + vlm_weight * vlm_editing_loss(judge, inputs, seen, questions, 1.0)[0]
         if teacher_weight:
-            loss = loss + teacher_weight * score_distillation_loss(teacher, out, captions, t_range, cfg, g)
+            loss = loss + teacher_weight * score_distillation_loss(teacher, out, captions, t_range, cfg, g, **source)
         if l1_weight:
             loss = loss + l1_weight * (out - inputs).abs().mean()
         opt.zero_grad()
@@ -191,6 +207,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--teacher-weight", type=float, default=1.0)
     ap.add_argument("--t-range", type=float, nargs=2, default=(0.3, 0.7), metavar=("T_MIN", "T_MAX"))
+    ap.add_argument(
+        "--delta", action="store_true", help="delta score: take off the teacher's pull on the input (source caption)"
+    )
     ap.add_argument("--cfg", type=float, default=3.5, help="the teacher's classifier-free guidance scale")
     ap.add_argument("--name", default=None, help="the JSON's name (default: from the judge and options)")
     ap.add_argument("--out", default="results/judge_gradient")
@@ -204,7 +223,7 @@ def main(argv=None) -> int:
     if args.teacher:
         teacher = pretrained("shapes-teacher", None if args.teacher == "shapes-teacher" else args.teacher)
         signal.update(teacher=teacher.eval().requires_grad_(False), teacher_weight=args.teacher_weight,
-                      t_range=tuple(args.t_range), cfg=args.cfg)  # fmt: skip
+                      t_range=tuple(args.t_range), cfg=args.cfg, delta=args.delta)  # fmt: skip
     report = judge_gradient_report(
         judge, pretrained("shapes-evaluator").eval(), args.n, args.steps, args.lr, noise=args.noise, **signal
     )

@@ -67,6 +67,10 @@ class LossConfig:
     dmd_weight: float = 1.0
     dmd_t_min: float = 0.02
     dmd_t_max: float = 0.98
+    # DMD's fake score: "critic" (the paper: the online critic trained on the generator's samples) or "delta" (the
+    # teacher's own pull on the input under its source caption, Delta Denoising Score: what a weak teacher would
+    # redraw anyway cancels, so unchanged content stays; no critic updates are run)
+    dmd_fake: str = "critic"
     cfg_scale: float = 3.5  # teacher CFG on the edited caption
     cfg_scale_strong: float = 7.5
     strong_types: tuple[str, ...] = ("remove", "replace", "style")
@@ -133,5 +137,7 @@ class TrainConfig:
             raise ValueError(f"distributed.frozen: expected 'replicate' or 'zero3', got {self.distributed.frozen!r}")
         if self.distributed.zero_stage not in (2, 3):
             raise ValueError(f"distributed.zero_stage: expected 2 or 3, got {self.distributed.zero_stage}")
+        if self.loss.dmd_fake not in ("critic", "delta"):
+            raise ValueError(f"loss.dmd_fake: expected 'critic' or 'delta', got {self.loss.dmd_fake!r}")
         if self.batch < 1:
             raise ValueError(f"batch: expected ≥ 1, got {self.batch}")

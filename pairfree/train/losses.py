@@ -76,17 +76,32 @@ def dmd_generator_loss(
     cfg_scale: torch.Tensor,
     t_range: tuple[float, float],
     generators: list[torch.Generator],
+    reference: torch.Tensor | None = None,
+    source_captions: list[str] | None = None,
 ) -> torch.Tensor:
     """DMD2's generator loss: noise x̂0 to t ~ U[t_min, t_max], take the teacher's (real, CFG on the edited
     caption) and the critic's (fake) x0 predictions, and move x̂0 toward real and away from fake.
-    ``generators``: one per sample (t and noise)."""
+    ``generators``: one per sample (t and noise). With ``reference`` and ``source_captions`` (``critic`` unused):
+    the delta score's fake (:func:`delta_fake_x0`)."""
     t = t_range[0] + (t_range[1] - t_range[0]) * per_sample_rand(generators, x0.device)
     noise = per_sample_randn(generators, x0)
     with torch.no_grad():
         x_t = add_noise(x0.detach(), noise, t)
         real = teacher_x0(teacher, x_t, t, captions, cfg_scale)
-        fake = teacher_x0(critic, x_t, t, captions, None)
+        if reference is None:
+            fake = teacher_x0(critic, x_t, t, captions, None)
+        else:
+            fake = delta_fake_x0(teacher, x0.detach(), reference, noise, t, source_captions, cfg_scale)
     return dmd_loss(x0, real, fake).mean()
+
+
+def delta_fake_x0(teacher, x0, reference, noise, t, source_captions, cfg_scale) -> torch.Tensor:
+    """The delta score's stand-in for the critic (Delta Denoising Score, Hertz et al. 2023): x̂0 plus the teacher's
+    pull on the *reference* under its own (source) caption, at the same t and noise. DMD's step then moves x̂0 by
+    the teacher's pull on x̂0 (edited caption) minus its pull on the reference (source caption): what the teacher
+    would redraw anyway (its blur, its misdrawn objects) cancels and the caption's difference remains."""
+    ref_pred = teacher_x0(teacher, add_noise(reference, noise, t), t, source_captions, cfg_scale)
+    return x0 + (ref_pred - reference)
 
 
 def flow_loss(model, x0: torch.Tensor, captions: list[str], generators, reference=None) -> torch.Tensor:

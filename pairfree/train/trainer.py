@@ -8,10 +8,11 @@ Read top to bottom, one generator update is:
 3. the VLM editing loss: the frozen judge is asked the verification and identity questions about
    (input, x̂0), two-token CE toward the targets, logit temperature warmed up;
 4. the DMD loss: x̂0 is re-noised, the frozen teacher (CFG on the edited caption) and the online critic
-   predict x0; x̂0 moves toward the teacher and away from the critic;
+   predict x0; x̂0 moves toward the teacher and away from the critic (``loss.dmd_fake: delta``: away from the
+   teacher's own pull on the input under its source caption instead — no critic);
 5. "do nothing" samples pull x̂0 to the input (MSE); optional pixel identity loss;
 6. clip, skip the update on a non-finite loss or a gradient norm above the threshold (counted), step, EMA;
-7. N_aux critic updates: the flow loss on the generator's detached samples, edited captions.
+7. N_aux critic updates: the flow loss on the generator's detached samples, edited captions (not with delta).
 
 Stage 0 (``copy_steps``) first teaches the generator to copy its reference (identity flow loss).
 Every random draw of a sample comes from a generator seeded by (seed, step, the sample's global index) and
@@ -211,9 +212,13 @@ class EditorTrainer:
                 device=self.device,
             )
             captions = [items[i]["edited_caption"] for i in edit]
+            delta = {}
+            if lc.dmd_fake == "delta":  # the teacher's pull on the input (source caption) stands in for the critic
+                delta = dict(reference=ref[edit], source_captions=[items[i]["source_caption"] for i in edit])
             dmd = dmd_generator_loss(
-                x0[edit], self.m.teacher, self.critic.module, captions, scale, (lc.dmd_t_min, lc.dmd_t_max), edit_gens
-            )
+                x0[edit], self.m.teacher, self.critic.module, captions, scale, (lc.dmd_t_min, lc.dmd_t_max), edit_gens,
+                **delta,
+            )  # fmt: skip
             loss = loss + lc.dmd_weight * dmd
             logs["dmd"] = dmd.item()
         if nothing.any():  # 4. "do nothing": the output is the input
@@ -229,7 +234,7 @@ class EditorTrainer:
         logs = self.update(loss, logs)
 
         # 5. N_aux critic updates on the generator's detached samples (edited captions)
-        if edit:
+        if edit and lc.dmd_fake == "critic":
             samples = x0[edit].detach()
             for _ in range(cfg.optim.critic_updates):
                 c_loss = flow_loss(self.critic.module, samples, captions, edit_gens)

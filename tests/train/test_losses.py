@@ -1,9 +1,11 @@
-"""The editor's optional excess-variation (anti-noise) loss against closed forms and a loop reference."""
+"""The editor's optional loss terms against closed forms and references: the excess-variation (anti-noise) loss
+and DMD with the delta score's fake."""
 
 import pytest
 import torch
 
-from pairfree.train.losses import excess_variation_loss, total_variation
+from pairfree.kernels.dmd import dmd_loss_reference
+from pairfree.train.losses import dmd_generator_loss, excess_variation_loss, total_variation
 
 
 def _tv_loop(x):
@@ -44,3 +46,67 @@ def test_recolouring_a_flat_region_is_free_and_noise_is_not():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0.05
     loss.backward()
     assert noisy.grad.abs().sum() > 0
+
+
+class ConstantTeacher:
+    """A text-to-image model whose x0 prediction is a fixed image per caption, whatever it is shown (closed form)."""
+
+    def __init__(self, images: dict):
+        self.images = images
+
+    def velocity(self, x_t, t, captions):
+        x0 = torch.stack([self.images[c] for c in captions])
+        return (x_t - x0) / t.view(-1, 1, 1, 1)  # so that x0 = x_t - t·v
+
+
+def test_delta_fake_moves_by_the_caption_difference_plus_the_change_so_far():
+    """With the delta score, DMD's step on x̂0 is (teacher's x0 on the edited caption) − (on the source caption) −
+    (x̂0 − reference): what the teacher draws for both captions cancels. Closed form with a constant teacher."""
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 3, 5, 4)
+    images = {c: torch.randn(shape[1:], generator=g) for c in ("", "red", "blue", "green")}
+    teacher = ConstantTeacher(images)
+    x0 = torch.randn(shape, generator=g, requires_grad=True)
+    ref = torch.randn(shape, generator=g)
+    edited, source, cfg = ["blue", "green"], ["red", "red"], torch.tensor([3.5, 7.5])
+
+    def guided(c, s):
+        return images[""] + s * (images[c] - images[""])
+
+    real = torch.stack([guided(c, s) for c, s in zip(edited, cfg)])
+    fake = x0.detach() - ref + torch.stack([guided(c, s) for c, s in zip(source, cfg)])
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    loss = dmd_generator_loss(x0, teacher, None, edited, cfg, (0.2, 0.8), gens, reference=ref, source_captions=source)
+    (grad,) = torch.autograd.grad(loss, x0)
+    x = x0.detach().requires_grad_()
+    expected = dmd_loss_reference(x, real, fake).mean()
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_delta_score_leaves_the_reference_alone_under_its_own_caption(tiny_models):
+    """A real (tiny) teacher: x̂0 = the reference and the edited caption = the source caption gives no gradient,
+    however the teacher would redraw the image; the critic's DMD (fake = the teacher itself) is not zero-free."""
+    from pairfree.shipped import pretrained
+
+    teacher = pretrained("shapes-teacher", tiny_models["teacher"]).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    ref = torch.rand((3, 3, 32, 32), generator=g) * 2 - 1
+    captions = ["a red circle on a blue background", "a green square", "a small yellow triangle"]
+    x0 = ref.clone().requires_grad_()
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    loss = dmd_generator_loss(
+        x0, teacher, None, captions, torch.full((3,), 3.5), (0.1, 0.9), gens, reference=ref, source_captions=captions
+    )
+    (same,) = torch.autograd.grad(loss, x0)
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    edited = ["a blue circle on a blue background", "a green square", "a large yellow triangle"]
+    loss = dmd_generator_loss(
+        x0, teacher, None, edited, torch.full((3,), 3.5), (0.1, 0.9), gens, reference=ref, source_captions=captions
+    )
+    (grad,) = torch.autograd.grad(loss, x0)
+    scale = grad.abs().max()
+    assert scale > 0 and same.abs().max() < 1e-4 * scale  # float rounding only
+    assert grad[1].abs().max() < 1e-4 * scale  # sample 1's caption did not change
+    assert grad[0].abs().max() > 0.1 * scale and grad[2].abs().max() > 0.1 * scale

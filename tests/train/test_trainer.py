@@ -126,6 +126,8 @@ def test_config_errors_name_the_key(tiny_models, tmp_path):
         load_config(TrainConfig, "configs/shapes/editor.yaml", ["loss.vlm_wieght=1"])
     with pytest.raises(ConfigError, match="distributed.frozen: expected 'replicate' or 'zero3', got 'zero4'"):
         load_config(TrainConfig, "configs/shapes/editor.yaml", ["distributed.frozen=zero4"])
+    with pytest.raises(ConfigError, match="loss.dmd_fake: expected 'critic' or 'delta', got 'teacher'"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", ["loss.dmd_fake=teacher"])
     with pytest.raises(ConfigError, match="device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"):
         load_config(TrainConfig, "configs/shapes/editor.yaml", ["device=tpu"])
     with pytest.raises(ConfigError, match=r"optim.lr: expected float"):
@@ -236,6 +238,36 @@ def test_dmd_alone_does_not_run_the_judge(tiny_models, tmp_path):
     assert "vlm" in a and "vlm" not in b and "p_verify" not in b
     assert b["dmd"] == pytest.approx(a["dmd"], rel=1e-6) and b["critic"] == pytest.approx(a["critic"], rel=1e-6)
     assert b["loss"] == pytest.approx(with_judge.cfg.loss.dmd_weight * b["dmd"], rel=1e-6)
+
+
+def test_delta_dmd_uses_the_source_caption_and_trains_no_critic(tiny_models, tmp_path, monkeypatch):
+    """``loss.dmd_fake: delta``: DMD's fake is the teacher on the input under its source caption (the batch's own
+    ``source_caption``s and inputs reach the loss), and the critic is neither run nor updated."""
+    import pairfree.train.trainer as trainer_module
+    from pairfree.train.losses import dmd_generator_loss
+
+    trainer = _trainer(tiny_models, tmp_path, **{"loss.do_nothing_prob": 0.0, "loss.dmd_fake": "delta"})
+    seen = {}
+
+    def spy(x0, teacher, critic, captions, *args, **delta):
+        seen.update(delta)
+        return dmd_generator_loss(x0, teacher, None, captions, *args, **delta)
+
+    def no_critic(*a, **kw):
+        raise AssertionError("the critic was run with loss.dmd_fake = delta")
+
+    monkeypatch.setattr(trainer_module, "dmd_generator_loss", spy)
+    trainer.critic.module.velocity = no_critic
+    critic_before = [p.detach().clone() for p in trainer.critic.module.parameters()]
+    gen_before = [p.detach().clone() for p in trainer.gen.module.parameters()]
+    trainer.step = trainer.cfg.copy_steps
+    items = trainer.batch(trainer.step)
+    logs = trainer.edit_step(trainer.step)
+    assert "critic" not in logs and logs["dmd"] > 0
+    assert seen["source_captions"] == [it["source_caption"] for it in items]
+    torch.testing.assert_close(seen["reference"], trainer.encode(torch.stack([it["image"] for it in items])))
+    assert all(torch.equal(a, b) for a, b in zip(critic_before, trainer.critic.module.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(gen_before, trainer.gen.module.parameters()))
 
 
 def test_noise_weight_adds_the_excess_variation_term(tiny_models, tmp_path, monkeypatch):
