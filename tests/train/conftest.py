@@ -50,6 +50,7 @@ def tiny_overrides(models, out, **more):
         "ckpt_every": 2,
         "sample_every": 0,
         "optim.critic_updates": 2,
+        "loss.dmd_fake": "critic",  # the paper's online critic (its engine and updates); tests of "delta" set it
         "optim.ema": 0.9,
         "loss.do_nothing_prob": 0.3,
         **more,

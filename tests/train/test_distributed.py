@@ -18,9 +18,10 @@ LAUNCHER = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.skipif(LAUNCHER is None, reason="deepspeed launcher not installed")
-@pytest.mark.parametrize("stage,frozen", [(3, "zero3")])
-def test_deepspeed_two_ranks_match_single_process(tiny_models, tmp_path, stage, frozen):
+@pytest.mark.parametrize("stage,frozen,fake", [(3, "zero3", "critic"), (3, "zero3", "delta")])
+def test_deepspeed_two_ranks_match_single_process(tiny_models, tmp_path, stage, frozen, fake):
     common = {"loss.do_nothing_prob": 0.0, "distributed.zero_stage": stage, "distributed.frozen": frozen}
+    common["loss.dmd_fake"] = fake
     sets = tiny_overrides(tiny_models, tmp_path / "ds", batch=2, threads=1, **common)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).parents[2])}
     env.pop("TRITON_INTERPRET", None)
