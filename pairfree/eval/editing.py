@@ -221,8 +221,13 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
         "",
         "A few-step (4-step) image editor of the shapes world, trained *without a single edited image*: the "
         "generator starts from the shipped text-to-image teacher (+ zero-initialised reference conditioning), "
-        "learns to copy its reference, then learns to edit from the frozen judge's Yes/No answers (gradients "
-        "through the unrolled sampler) and DMD against the teacher (DESIGN.md).",
+        "learns to copy its reference, then learns to edit from "
+        + (
+            "the frozen judge's Yes/No answers (gradients through the unrolled sampler) and "
+            if loss.get("vlm_weight")
+            else ""
+        )
+        + "DMD against the teacher (DESIGN.md).",
         "",
         "## Training",
         "",
@@ -230,8 +235,10 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
         f"{models.get('resolution', '?')}² pixels; batch {cfg.get('batch', '?')}",
         f"- steps: {info.get('copy_steps', '?')} reference-copy + {info.get('edit_steps', '?')} pair-free editing "
         f"({info.get('skipped', 0)} skipped updates)",
-        f"- loss: VLM weight {loss.get('vlm_weight', '?')}, DMD weight {loss.get('dmd_weight', '?')}, judge noise "
-        f"{loss.get('judge_noise', 0)}; lr {cfg.get('optim', {}).get('lr', '?')}",
+        f"- loss: VLM weight {loss.get('vlm_weight', '?')}, DMD weight {loss.get('dmd_weight', '?')} (fake: "
+        f"{loss.get('dmd_fake', 'critic')}, t ∈ [{loss.get('dmd_t_min', '?')}, {loss.get('dmd_t_max', '?')}]), pixel "
+        f"L1 {loss.get('pixel_identity_weight', 0)}, judge noise {loss.get('judge_noise', 0)}; "
+        f"lr {cfg.get('optim', {}).get('lr', '?')}",
         f"- wall time: {info.get('wall_min', '?')} min on this CPU ({info.get('threads', '?')} thread(s)), "
         f"{info.get('date', '?')}",
         "",
