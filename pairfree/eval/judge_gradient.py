@@ -52,19 +52,22 @@ def score_distillation_loss(
     """The teacher's pull on ``x0``: noise it to t ~ U[t_range], take the teacher's x0 prediction (CFG on the edited
     ``captions``) and step toward it, normalised per sample like DMD's gradient (score distillation: DMD with the
     critic replaced by the current pixels). With ``reference`` and ``source_captions``: the delta score
-    (``pairfree.train.losses.delta_fake_x0``), the teacher's pull on the reference under its own caption taken off."""
+    (``pairfree.train.losses.delta_real_and_fake``), the teacher's pull on the reference under its own caption taken
+    off."""
     from pairfree.flow import add_noise
     from pairfree.kernels.dmd import dmd_loss
-    from pairfree.train.losses import delta_fake_x0, teacher_x0
+    from pairfree.train.losses import delta_real_and_fake, teacher_x0
 
     t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(len(x0), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     scale = torch.full((len(x0),), cfg, device=x0.device)
     with torch.no_grad():
-        real = teacher_x0(teacher, add_noise(x0.detach(), noise, t), t, captions, scale)
-        fake = x0.detach()
-        if reference is not None:
-            fake = delta_fake_x0(teacher, x0.detach(), reference, noise, t, source_captions, scale)
+        x_t = add_noise(x0.detach(), noise, t)
+        if reference is None:
+            real, fake = teacher_x0(teacher, x_t, t, captions, scale), x0.detach()
+        else:
+            real, fake = delta_real_and_fake(teacher, x0.detach(), x_t, reference, noise, t, captions,
+                                             source_captions, scale)  # fmt: skip
     return dmd_loss(x0, real, fake).mean()
 
 

@@ -88,7 +88,8 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cl
     # paper scale: generator, critic and teacher share one frozen text encoder; the trained engines then hold
     # only their DiTs (a parameter must belong to one ZeRO-3 engine), the frozen one holds the rest
     shared_text = models.generator.text is models.teacher.text
-    for name, lr in (("generator", cfg.optim.lr), ("critic", cfg.optim.critic_lr)):
+    trained = [("generator", cfg.optim.lr)] + ([("critic", cfg.optim.critic_lr)] if models.critic is not None else [])
+    for name, lr in trained:
         module = getattr(models, name).dit if shared_text else getattr(models, name)
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
@@ -106,7 +107,9 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cl
         else:
             module.to(device)
     if not shared_text:
-        models.generator, models.critic = engines["generator"].module, engines["critic"].module
+        models.generator = engines["generator"].module
+        if models.critic is not None:
+            models.critic = engines["critic"].module
     trainer_cls = trainer_cls or EditorTrainer
     trainer = trainer_cls(cfg, models, rank=rank, world_size=world, engines=engines, ema=ema)
     return trainer
@@ -160,12 +163,12 @@ def gathered(module, zero3: bool):
 
 
 def save_engines(trainer) -> None:
-    for name in ("gen", "critic"):
+    for name in ("gen", "critic") if trainer.critic is not None else ("gen",):
         getattr(trainer, name).engine.save_checkpoint(str(Path(trainer.out) / "deepspeed" / name), tag="last")
 
 
 def load_engines(trainer) -> None:
-    for name in ("gen", "critic"):
+    for name in ("gen", "critic") if trainer.critic is not None else ("gen",):
         path = Path(trainer.out) / "deepspeed" / name
         if not (path / "latest").exists():
             raise FileNotFoundError(f"{path}: no DeepSpeed checkpoint to resume from")

@@ -82,26 +82,35 @@ def dmd_generator_loss(
     """DMD2's generator loss: noise x̂0 to t ~ U[t_min, t_max], take the teacher's (real, CFG on the edited
     caption) and the critic's (fake) x0 predictions, and move x̂0 toward real and away from fake.
     ``generators``: one per sample (t and noise). With ``reference`` and ``source_captions`` (``critic`` unused):
-    the delta score's fake (:func:`delta_fake_x0`)."""
+    the delta score's fake (:func:`delta_real_and_fake`)."""
     t = t_range[0] + (t_range[1] - t_range[0]) * per_sample_rand(generators, x0.device)
     noise = per_sample_randn(generators, x0)
     with torch.no_grad():
         x_t = add_noise(x0.detach(), noise, t)
-        real = teacher_x0(teacher, x_t, t, captions, cfg_scale)
         if reference is None:
+            real = teacher_x0(teacher, x_t, t, captions, cfg_scale)
             fake = teacher_x0(critic, x_t, t, captions, None)
         else:
-            fake = delta_fake_x0(teacher, x0.detach(), reference, noise, t, source_captions, cfg_scale)
+            real, fake = delta_real_and_fake(teacher, x0.detach(), x_t, reference, noise, t, captions,
+                                             source_captions, cfg_scale)  # fmt: skip
     return dmd_loss(x0, real, fake).mean()
 
 
-def delta_fake_x0(teacher, x0, reference, noise, t, source_captions, cfg_scale) -> torch.Tensor:
-    """The delta score's stand-in for the critic (Delta Denoising Score, Hertz et al. 2023): x̂0 plus the teacher's
+def delta_real_and_fake(teacher, x0, x_t, reference, noise, t, captions, source_captions, cfg_scale):
+    """DMD's real and fake x0 with the delta score (Delta Denoising Score, Hertz et al. 2023): real is the teacher
+    on ``x_t`` (x̂0 noised) under the edited ``captions``; fake, the critic's stand-in, is x̂0 plus the teacher's
     pull on the *reference* under its own (source) caption, at the same t and noise. DMD's step then moves x̂0 by
-    the teacher's pull on x̂0 (edited caption) minus its pull on the reference (source caption): what the teacher
-    would redraw anyway (its blur, its misdrawn objects) cancels and the caption's difference remains."""
-    ref_pred = teacher_x0(teacher, add_noise(reference, noise, t), t, source_captions, cfg_scale)
-    return x0 + (ref_pred - reference)
+    the teacher's pull on x̂0 minus its pull on the reference: what the teacher would redraw anyway (its blur, its
+    misdrawn objects) cancels and the caption's difference remains. Both teacher calls run as one batch."""
+    both = teacher_x0(
+        teacher,
+        torch.cat([x_t, add_noise(reference, noise, t)]),
+        torch.cat([t, t]),
+        list(captions) + list(source_captions),
+        torch.cat([cfg_scale, cfg_scale]),
+    )
+    real, ref_pred = both.chunk(2)
+    return real, x0 + (ref_pred - reference)
 
 
 def flow_loss(model, x0: torch.Tensor, captions: list[str], generators, reference=None) -> torch.Tensor:

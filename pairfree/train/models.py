@@ -23,7 +23,7 @@ from pairfree.train.config import ModelsConfig, check_device_name
 @dataclass
 class EditorModels:
     generator: Teacher  # DiT (+ reference tokens) and its own text encoder for the instruction
-    critic: Teacher  # the online fake score, trained on the generator's samples
+    critic: Teacher | None  # the online fake score, trained on the generator's samples (None: delta-score DMD)
     teacher: Teacher  # frozen real score
     judge: nn.Module  # frozen VLM (QwenJudge)
     autoencoder: nn.Module = dataclasses.field(default_factory=IdentityAutoencoder)  # frozen; pixel space: identity
@@ -31,7 +31,8 @@ class EditorModels:
     def to(self, device) -> EditorModels:
         """All four models (and the autoencoder) on ``device``; shared submodules move once."""
         for model in (self.generator, self.critic, self.teacher, self.judge, self.autoencoder):
-            model.to(device)
+            if model is not None:
+                model.to(device)
         return self
 
 
@@ -76,10 +77,11 @@ def check_judge_tokens(judge) -> None:
         raise ValueError(f"judge: the tokenizer has no {missing} token(s); the editing loss needs Yes and No")
 
 
-def load_models(cfg: ModelsConfig) -> EditorModels:
-    """Teacher and judge from shipped names or directories; generator and critic initialised from the teacher."""
+def load_models(cfg: ModelsConfig, critic: bool = True) -> EditorModels:
+    """Teacher and judge from shipped names or directories; generator and critic initialised from the teacher.
+    ``critic=False`` (DMD with the delta score, ``loss.dmd_fake: delta``) builds no critic: nothing would use it."""
     if cfg.format == "diffusers":
-        return load_diffusers_models(cfg)
+        return load_diffusers_models(cfg, critic)
     teacher = _load("teacher", cfg.teacher).requires_grad_(False).eval()
     judge = _load("judge", cfg.judge)
     check_judge_tokens(judge)
@@ -87,8 +89,8 @@ def load_models(cfg: ModelsConfig) -> EditorModels:
     if not teacher.dit.config.reference:
         raise ValueError("models.teacher: the DiT was built with reference=False; the editor needs reference tokens")
     generator = Teacher(with_reference_skip(teacher.dit), copy.deepcopy(teacher.text)).requires_grad_(True).train()
-    critic = copy.deepcopy(teacher).requires_grad_(True).train()
-    return EditorModels(generator, critic, teacher, judge)
+    fake = copy.deepcopy(teacher).requires_grad_(True).train() if critic else None
+    return EditorModels(generator, fake, teacher, judge)
 
 
 def ema_copy(generator: Teacher) -> Teacher:
@@ -125,7 +127,7 @@ def _need_dir(path: Path, key: str, what: str) -> Path:
     return path
 
 
-def load_diffusers_models(cfg: ModelsConfig) -> EditorModels:
+def load_diffusers_models(cfg: ModelsConfig, critic: bool = True) -> EditorModels:
     """Paper scale from local directories: SANA (DiT + Gemma text encoder + DC-AE) as the teacher, the critic
     (a trainable copy of its DiT) and the generator (its DiT + reference skip); the text encoder and the
     autoencoder are frozen and shared. The judge: a local Qwen2.5-VL."""
@@ -154,6 +156,8 @@ def load_diffusers_models(cfg: ModelsConfig) -> EditorModels:
     check_judge_tokens(judge)
     generator = Teacher(with_reference_skip(dit).to(dtype), text)
     generator.dit.requires_grad_(True).train()
-    critic = Teacher(copy.deepcopy(dit), text)
-    critic.dit.requires_grad_(True).train()
-    return EditorModels(generator, critic, teacher, judge, autoencoder)
+    fake = None
+    if critic:
+        fake = Teacher(copy.deepcopy(dit), text)
+        fake.dit.requires_grad_(True).train()
+    return EditorModels(generator, fake, teacher, judge, autoencoder)

@@ -120,9 +120,13 @@ class EditorTrainer:
         oc = cfg.optim
         engines = engines or {}
         self.gen = Trainable(models.generator, oc.lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("generator"))
-        self.critic = Trainable(
-            models.critic, oc.critic_lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("critic")
-        )
+        self.critic = None  # DMD with the delta score has no critic
+        if cfg.loss.dmd_fake == "critic":
+            if models.critic is None:
+                raise ValueError("loss.dmd_fake = 'critic' needs a critic: load_models(..., critic=True)")
+            self.critic = Trainable(
+                models.critic, oc.critic_lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("critic")
+            )
         self.ema = ema
         if oc.ema and ema is None:
             self.ema = ema_copy(models.generator)
@@ -212,13 +216,12 @@ class EditorTrainer:
                 device=self.device,
             )
             captions = [items[i]["edited_caption"] for i in edit]
-            delta = {}
+            fake = {"critic": self.critic.module if self.critic else None}
             if lc.dmd_fake == "delta":  # the teacher's pull on the input (source caption) stands in for the critic
-                delta = dict(reference=ref[edit], source_captions=[items[i]["source_caption"] for i in edit])
-            dmd = dmd_generator_loss(
-                x0[edit], self.m.teacher, self.critic.module, captions, scale, (lc.dmd_t_min, lc.dmd_t_max), edit_gens,
-                **delta,
-            )  # fmt: skip
+                fake.update(reference=ref[edit], source_captions=[items[i]["source_caption"] for i in edit])
+            t_range = (lc.dmd_t_min, lc.dmd_t_max)
+            dmd = dmd_generator_loss(x0[edit], self.m.teacher, captions=captions, cfg_scale=scale, t_range=t_range,
+                                     generators=edit_gens, **fake)  # fmt: skip
             loss = loss + lc.dmd_weight * dmd
             logs["dmd"] = dmd.item()
         if nothing.any():  # 4. "do nothing": the output is the input
@@ -292,10 +295,10 @@ class EditorTrainer:
         single = self.world_size == 1  # under DeepSpeed the engines write their own checkpoints
         return {
             "generator": self.gen.module.state_dict() if single else None,
-            "critic": self.critic.module.state_dict() if single else None,
+            "critic": self.critic.module.state_dict() if single and self.critic else None,
             "ema": None if self.ema is None else self.ema.state_dict(),
             "gen_opt": None if self.gen.opt is None else self.gen.opt.state_dict(),
-            "critic_opt": None if self.critic.opt is None else self.critic.opt.state_dict(),
+            "critic_opt": None if self.critic is None or self.critic.opt is None else self.critic.opt.state_dict(),
             "step": self.step,
             "skipped": self.skipped,
             "wall_s": self.wall,
@@ -326,9 +329,15 @@ class EditorTrainer:
             load_engines(self)
         else:
             self.gen.module.load_state_dict(state["generator"])
-            self.critic.module.load_state_dict(state["critic"])
             self.gen.opt.load_state_dict(state["gen_opt"])
-            self.critic.opt.load_state_dict(state["critic_opt"])
+            if self.critic is not None:  # (a critic in the checkpoint of a run that has none is not needed)
+                if state["critic"] is None:
+                    raise ValueError(
+                        f"{path}: the checkpoint has no critic (written with loss.dmd_fake = 'delta'); resume it "
+                        "with loss.dmd_fake=delta"
+                    )
+                self.critic.module.load_state_dict(state["critic"])
+                self.critic.opt.load_state_dict(state["critic_opt"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.skipped, self.wall = state["step"], state["skipped"], state["wall_s"]

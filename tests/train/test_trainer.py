@@ -22,7 +22,7 @@ from .conftest import tiny_overrides
 
 def _trainer(models, out, **more):
     cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(models, out, **more))
-    return EditorTrainer(cfg, load_models(cfg.models))
+    return EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.dmd_fake == "critic"))
 
 
 def _metrics(path):
@@ -85,10 +85,11 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_continues_identically(tiny_models, tmp_path):
-    full = _trainer(tiny_models, tmp_path / "a")
+@pytest.mark.parametrize("fake", ["critic", "delta"])
+def test_resume_continues_identically(tiny_models, tmp_path, fake):
+    full = _trainer(tiny_models, tmp_path / "a", **{"loss.dmd_fake": fake})
     full.run()
-    crashed = _trainer(tiny_models, tmp_path / "b")
+    crashed = _trainer(tiny_models, tmp_path / "b", **{"loss.dmd_fake": fake})
     real = crashed.edit_step
 
     def edit_step(step):
@@ -99,7 +100,7 @@ def test_resume_continues_identically(tiny_models, tmp_path):
     crashed.edit_step = edit_step
     with pytest.raises(_Crash):
         crashed.run()
-    resumed = _trainer(tiny_models, tmp_path / "b")
+    resumed = _trainer(tiny_models, tmp_path / "b", **{"loss.dmd_fake": fake})
     resumed.run(resume=True)
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
@@ -245,32 +246,39 @@ def test_dmd_alone_does_not_run_the_judge(tiny_models, tmp_path):
 
 def test_delta_dmd_uses_the_source_caption_and_trains_no_critic(tiny_models, tmp_path, monkeypatch):
     """``loss.dmd_fake: delta``: DMD's fake is the teacher on the input under its source caption (the batch's own
-    ``source_caption``s and inputs reach the loss), and the critic is neither run nor updated."""
+    ``source_caption``s and inputs reach the loss), and there is no critic to run, update or checkpoint."""
     import pairfree.train.trainer as trainer_module
     from pairfree.train.losses import dmd_generator_loss
 
     trainer = _trainer(tiny_models, tmp_path, **{"loss.do_nothing_prob": 0.0, "loss.dmd_fake": "delta"})
     seen = {}
 
-    def spy(x0, teacher, critic, captions, *args, **delta):
-        seen.update(delta)
-        return dmd_generator_loss(x0, teacher, None, captions, *args, **delta)
-
-    def no_critic(*a, **kw):
-        raise AssertionError("the critic was run with loss.dmd_fake = delta")
+    def spy(x0, teacher, **kw):
+        seen.update(kw)
+        return dmd_generator_loss(x0, teacher, **kw)
 
     monkeypatch.setattr(trainer_module, "dmd_generator_loss", spy)
-    trainer.critic.module.velocity = no_critic
-    critic_before = [p.detach().clone() for p in trainer.critic.module.parameters()]
+    assert trainer.critic is None and trainer.m.critic is None
     gen_before = [p.detach().clone() for p in trainer.gen.module.parameters()]
     trainer.step = trainer.cfg.copy_steps
     items = trainer.batch(trainer.step)
     logs = trainer.edit_step(trainer.step)
     assert "critic" not in logs and logs["dmd"] > 0
-    assert seen["source_captions"] == [it["source_caption"] for it in items]
+    assert seen["source_captions"] == [it["source_caption"] for it in items] and seen["critic"] is None
     torch.testing.assert_close(seen["reference"], trainer.encode(torch.stack([it["image"] for it in items])))
-    assert all(torch.equal(a, b) for a, b in zip(critic_before, trainer.critic.module.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(gen_before, trainer.gen.module.parameters()))
+    state = torch.load(trainer.save(), weights_only=False)
+    assert state["critic"] is None and state["critic_opt"] is None
+
+
+def test_resuming_a_delta_run_with_the_critic_is_a_clear_error(tiny_models, tmp_path):
+    """A checkpoint written without a critic cannot silently start a fresh one; the error names the fix."""
+    _trainer(tiny_models, tmp_path, **{"loss.dmd_fake": "delta"}).run()
+    with pytest.raises(ValueError, match="no critic.*resume it with loss.dmd_fake=delta"):
+        _trainer(tiny_models, tmp_path, **{"loss.dmd_fake": "critic"}).run(resume=True)
+    with pytest.raises(ValueError, match="loss.dmd_fake = 'critic' needs a critic"):
+        cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(tiny_models, tmp_path))
+        EditorTrainer(cfg, load_models(cfg.models, critic=False))
 
 
 def test_noise_weight_adds_the_excess_variation_term(tiny_models, tmp_path, monkeypatch):
