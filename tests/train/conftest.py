@@ -51,6 +51,7 @@ def tiny_overrides(models, out, **more):
         "sample_every": 0,
         "optim.critic_updates": 2,
         "loss.dmd_fake": "critic",  # the paper's online critic (its engine and updates); tests of "delta" set it
+        "loss.vlm_weight": 0.02,  # the paper's judge weight (the shapes config's is 0): the tests exercise the judge
         "optim.ema": 0.9,
         "loss.do_nothing_prob": 0.3,
         **more,
