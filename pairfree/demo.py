@@ -140,7 +140,7 @@ def _editor(out: Path, seed: int, minutes: float) -> dict | None:
     run_dir = out / "editor_run"
     cfg = load_config(TrainConfig, config, [f"out={run_dir}", f"seed={seed}", f"max_minutes={minutes}"])
     print(f"\n== editor: pair-free training for at most {minutes:g} min ({config.name}) ==")
-    EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.dmd_fake == "critic")).run()
+    EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic)).run()
     bench = save_bench(out / "bench", n_per_type=25, seed=seed)
     results = evaluate(run_dir / "model", bench, out / "editor_eval")
     print(markdown_table({k: {"overall": v["overall"]} for k, v in results.items()}))

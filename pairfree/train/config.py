@@ -81,6 +81,11 @@ class LossConfig:
     # flat region adds none) — neither the judge nor a weak teacher's DMD penalises the noise an editor can add
     noise_weight: float = 0.0
 
+    @property
+    def uses_critic(self) -> bool:
+        """DMD's fake is the online critic (the delta score needs none: no critic is built, trained or saved)."""
+        return self.dmd_fake == "critic"
+
 
 @dataclass
 class OptimConfig:

@@ -88,7 +88,7 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cl
     # paper scale: generator, critic and teacher share one frozen text encoder; the trained engines then hold
     # only their DiTs (a parameter must belong to one ZeRO-3 engine), the frozen one holds the rest
     shared_text = models.generator.text is models.teacher.text
-    trained = [("generator", cfg.optim.lr)] + ([("critic", cfg.optim.critic_lr)] if models.critic is not None else [])
+    trained = [("generator", cfg.optim.lr)] + ([("critic", cfg.optim.critic_lr)] if cfg.loss.uses_critic else [])
     for name, lr in trained:
         module = getattr(models, name).dit if shared_text else getattr(models, name)
         params = [p for p in module.parameters() if p.requires_grad]
@@ -108,8 +108,7 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cl
             module.to(device)
     if not shared_text:
         models.generator = engines["generator"].module
-        if models.critic is not None:
-            models.critic = engines["critic"].module
+        models.critic = engines["critic"].module if "critic" in engines else None
     trainer_cls = trainer_cls or EditorTrainer
     trainer = trainer_cls(cfg, models, rank=rank, world_size=world, engines=engines, ema=ema)
     return trainer
@@ -162,13 +161,17 @@ def gathered(module, zero3: bool):
     return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
 
 
+def _trained(trainer) -> list[str]:
+    return ["gen"] + (["critic"] if trainer.critic is not None else [])
+
+
 def save_engines(trainer) -> None:
-    for name in ("gen", "critic") if trainer.critic is not None else ("gen",):
+    for name in _trained(trainer):
         getattr(trainer, name).engine.save_checkpoint(str(Path(trainer.out) / "deepspeed" / name), tag="last")
 
 
 def load_engines(trainer) -> None:
-    for name in ("gen", "critic") if trainer.critic is not None else ("gen",):
+    for name in _trained(trainer):
         path = Path(trainer.out) / "deepspeed" / name
         if not (path / "latest").exists():
             raise FileNotFoundError(f"{path}: no DeepSpeed checkpoint to resume from")

@@ -121,7 +121,7 @@ class EditorTrainer:
         engines = engines or {}
         self.gen = Trainable(models.generator, oc.lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("generator"))
         self.critic = None  # DMD with the delta score has no critic
-        if cfg.loss.dmd_fake == "critic":
+        if cfg.loss.uses_critic:
             if models.critic is None:
                 raise ValueError("loss.dmd_fake = 'critic' needs a critic: load_models(..., critic=True)")
             self.critic = Trainable(
@@ -237,7 +237,7 @@ class EditorTrainer:
         logs = self.update(loss, logs)
 
         # 5. N_aux critic updates on the generator's detached samples (edited captions)
-        if edit and lc.dmd_fake == "critic":
+        if edit and self.critic is not None:
             samples = x0[edit].detach()
             for _ in range(cfg.optim.critic_updates):
                 c_loss = flow_loss(self.critic.module, samples, captions, edit_gens)

@@ -22,7 +22,7 @@ from .conftest import tiny_overrides
 
 def _trainer(models, out, **more):
     cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(models, out, **more))
-    return EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.dmd_fake == "critic"))
+    return EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic))
 
 
 def _metrics(path):
