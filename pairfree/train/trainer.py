@@ -77,6 +77,13 @@ class Trainable:
         for g in opt.param_groups:
             g["lr"] = lr
 
+    def keep_config_hyperparameters(self, betas, weight_decay: float) -> None:
+        """After a checkpoint's optimizer state is loaded: betas and weight decay are the config's again (torch and
+        DeepSpeed restore the checkpoint's, which would silently ignore ``--set optim.betas=...`` on resume)."""
+        opt = self.opt if self.engine is None else self.engine.optimizer
+        for g in opt.param_groups:
+            g["betas"], g["weight_decay"] = tuple(betas), weight_decay
+
     def backward(self, loss: torch.Tensor) -> None:
         if self.engine is None:
             self.opt.zero_grad(set_to_none=True)
@@ -338,6 +345,9 @@ class EditorTrainer:
                     )
                 self.critic.module.load_state_dict(state["critic"])
                 self.critic.opt.load_state_dict(state["critic_opt"])
+        for trained in (self.gen, self.critic):
+            if trained is not None:
+                trained.keep_config_hyperparameters(self.cfg.optim.betas, self.cfg.optim.weight_decay)
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.skipped, self.wall = state["step"], state["skipped"], state["wall_s"]

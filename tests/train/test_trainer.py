@@ -281,6 +281,21 @@ def test_resuming_a_delta_run_with_the_critic_is_a_clear_error(tiny_models, tmp_
         EditorTrainer(cfg, load_models(cfg.models, critic=False))
 
 
+def test_resume_takes_the_configs_optimizer_settings(tiny_models, tmp_path):
+    """torch restores an optimizer's betas and weight decay with its moments; ``--resume --set optim.betas=...``
+    must still train with the config's, while the moments come back from the checkpoint."""
+    first = _trainer(tiny_models, tmp_path, **{"loss.dmd_fake": "critic"})
+    first.run()
+    moments = [s["exp_avg_sq"].clone() for s in first.gen.opt.state.values()]
+    more = {"loss.dmd_fake": "critic", "optim.betas": "[0.9,0.99]", "optim.weight_decay": "0.01"}
+    resumed = _trainer(tiny_models, tmp_path, **more)
+    resumed.load()
+    for opt in (resumed.gen.opt, resumed.critic.opt):
+        assert [(g["betas"], g["weight_decay"]) for g in opt.param_groups] == [((0.9, 0.99), 0.01)]
+    for m, s in zip(moments, resumed.gen.opt.state.values()):
+        torch.testing.assert_close(s["exp_avg_sq"], m, rtol=0, atol=0)
+
+
 def test_noise_weight_adds_the_excess_variation_term(tiny_models, tmp_path, monkeypatch):
     """``loss.noise_weight`` adds weight × the excess total variation of the decoded outputs (logged as "noise")."""
     import pairfree.train.trainer as trainer_module
