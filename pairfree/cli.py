@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="the furthest real pipeline available (see README)")
     p.add_argument("--out", default="results/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=12.0, help="editor training time (0: skip the editor)")
+    p.add_argument("--minutes", type=float, default=14.0, help="editor training time (0: skip the editor)")
     p.set_defaults(fn=_demo)
 
     p = sub.add_parser("world", help="the shapes world")

@@ -33,6 +33,21 @@ def test_console_script_installed():
     assert proc.returncode == 0 and "ops (backend chosen by 'auto')" in proc.stdout, proc.stderr
 
 
+def test_demo_editor_trains_background_edits_only(tmp_path):
+    """The demo's editor config is editor.yaml with only background edits drawn (the data, not just the mix)."""
+    from pairfree.config import load_config
+    from pairfree.demo import DEMO_MIX, editor_overrides
+    from pairfree.train.config import TrainConfig
+    from pairfree.world.datasets import EditorDataset
+    from pairfree.world.edits import EDIT_TYPES
+
+    assert set(DEMO_MIX) == set(EDIT_TYPES)
+    cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", editor_overrides(tmp_path, 3, 14.0))
+    assert (cfg.out, cfg.seed, cfg.max_minutes) == (str(tmp_path), 3, 14.0)
+    data = EditorDataset(10**6, mix=cfg.mix, seed=cfg.seed, resolution=cfg.models.resolution)
+    assert {it["type"] for it in data.__getitems__(list(range(40)))} == {"background"}
+
+
 def test_demo_writes_results(tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--minutes", "0"]) == 0
     result = json.loads((tmp_path / "demo.json").read_text())
