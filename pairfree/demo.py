@@ -37,10 +37,10 @@ def _time_ms(fn, repeats=10):
     return 1e3 * sorted(t)[len(t) // 2]
 
 
-# The demo's editor trains one sub-type: this generator learns a sub-type only after ~1,500 editing steps of it
-# (results/editor_experiments/: background edits alone, 1,500 steps -> 6 complete edits of 200; the same steps
-# shared by five sub-types -> 0), and a CPU gives ~1,700 in the demo's minutes. Backgrounds are the sub-type the
-# teacher draws best (its baseline's edit success 1.0). It is evaluated on all eight sub-types.
+# The demo's editor trains one sub-type: this generator learns a sub-type only after on the order of a thousand
+# editing steps of it (results/editor_experiments/: background edits alone, 1,500 steps -> 6 complete edits of 200;
+# the same steps shared by five sub-types -> 0), and this 2-core CPU gives ~1,300-1,400 in the demo's minutes.
+# Backgrounds are the sub-type the teacher draws best (its baseline's edit success 1.0). The benchmark has all eight.
 DEMO_MIX = {"color": 0, "texture": 0, "background": 1, "add": 0, "remove": 0, "replace": 0, "adjust": 0, "style": 0}
 
 
