@@ -132,7 +132,7 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0) -> 
 
 
 def _editor(out: Path, seed: int, minutes: float) -> dict | None:
-    """Train the editor for ``minutes`` (config ``configs/shapes/editor.yaml`` on background edits, ``DEMO_MIX``),
+    """Train the editor for ``minutes`` (config ``configs/shapes/editor.yaml`` on the sub-types of ``DEMO_MIX``),
     evaluate it and both baselines on a 25-per-type benchmark of all sub-types (held-out templates); writes
     editor_grid.png, editor_loss.png, editor_metrics.md."""
     import shutil
@@ -155,7 +155,8 @@ def _editor(out: Path, seed: int, minutes: float) -> dict | None:
     run_dir = out / "editor_run"
     sets = editor_overrides(run_dir, seed, minutes)
     cfg = load_config(TrainConfig, config, sets)
-    print(f"\n== editor: pair-free training for at most {minutes:g} min ({config.name}, background edits only:"
+    kinds = ", ".join(kind for kind, share in DEMO_MIX.items() if share)
+    print(f"\n== editor: pair-free training for at most {minutes:g} min ({config.name}, {kinds} edits only:"
           f" --set {' '.join(sets)}) ==")  # fmt: skip
     EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic)).run()
     bench = save_bench(out / "bench", n_per_type=25, seed=seed)

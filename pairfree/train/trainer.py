@@ -67,6 +67,7 @@ class Trainable:
 
     def __init__(self, module, lr: float, betas, weight_decay: float, grad_clip: float, engine=None):
         self.module, self.engine, self.grad_clip = module, engine, grad_clip
+        self.betas, self.weight_decay = tuple(betas), weight_decay
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.opt = None
         if engine is None:
@@ -77,12 +78,12 @@ class Trainable:
         for g in opt.param_groups:
             g["lr"] = lr
 
-    def keep_config_hyperparameters(self, betas, weight_decay: float) -> None:
+    def keep_config_hyperparameters(self) -> None:
         """After a checkpoint's optimizer state is loaded: betas and weight decay are the config's again (torch and
         DeepSpeed restore the checkpoint's, which would silently ignore ``--set optim.betas=...`` on resume)."""
         opt = self.opt if self.engine is None else self.engine.optimizer
         for g in opt.param_groups:
-            g["betas"], g["weight_decay"] = tuple(betas), weight_decay
+            g["betas"], g["weight_decay"] = self.betas, self.weight_decay
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.engine is None:
@@ -347,7 +348,7 @@ class EditorTrainer:
                 self.critic.opt.load_state_dict(state["critic_opt"])
         for trained in (self.gen, self.critic):
             if trained is not None:
-                trained.keep_config_hyperparameters(self.cfg.optim.betas, self.cfg.optim.weight_decay)
+                trained.keep_config_hyperparameters()
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.skipped, self.wall = state["step"], state["skipped"], state["wall_s"]
