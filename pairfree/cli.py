@@ -24,15 +24,31 @@ def _demo(args) -> int:
 def _world_sample(args) -> int:
     from pairfree.world.grid import save_scene_grid
 
-    path = save_scene_grid(args.out, n=args.n, resolution=args.resolution, seed=args.seed)
-    print(f"wrote {path} ({args.n} scenes at {args.resolution}x{args.resolution}) and {path.with_suffix('.json')}")
+    from pairfree.world.spec import get_spec
+
+    spec = get_spec(args.spec)
+    path = save_scene_grid(args.out, n=args.n, resolution=args.resolution, seed=args.seed, spec=spec)
+    r = args.resolution or spec.resolution
+    print(
+        f"wrote {path} ({args.n} scenes of world {spec.name!r}, {spec.distinct_scenes():,} distinct, at {r}x{r}) "
+        f"and {path.with_suffix('.json')}"
+    )
     return 0
 
 
 def _world_edits(args) -> int:
     from pairfree.world.grid import save_edit_grid
 
-    path = save_edit_grid(args.out, n=args.n, resolution=args.resolution, seed=args.seed, templates=args.templates)
+    from pairfree.world.spec import get_spec
+
+    path = save_edit_grid(
+        args.out,
+        n=args.n,
+        resolution=args.resolution,
+        seed=args.seed,
+        templates=args.templates,
+        spec=get_spec(args.spec),
+    )
     print(f"wrote {path} ({args.n} edits: input | instruction | target | mask) and {path.with_suffix('.json')}")
     return 0
 
@@ -40,10 +56,14 @@ def _world_edits(args) -> int:
 def _world_bench(args) -> int:
     from pairfree.world.bench import save_bench
 
-    out = save_bench(args.out, n_per_type=args.n_per_type, seed=args.seed, resolution=args.resolution)
+    from pairfree.world.spec import get_spec
+
+    spec = get_spec(args.spec)
+    out = save_bench(args.out, n_per_type=args.n_per_type, seed=args.seed, resolution=args.resolution, spec=spec)
+    r = args.resolution or spec.resolution
     print(
-        f"wrote {out}/cases.jsonl, tensors.safetensors, manifest.json "
-        f"({args.n_per_type} cases x 8 edit types at {args.resolution}x{args.resolution}, held-out templates)"
+        f"wrote {out}/cases.jsonl, tensors.safetensors, manifest.json (world {spec.name!r}: "
+        f"{args.n_per_type} cases x 8 edit types at {r}x{r}, held-out templates)"
     )
     return 0
 
@@ -119,6 +139,9 @@ def _eval(args) -> int:
     return 0
 
 
+SPEC_HELP = "world spec: lite (the CPU default), full, or a spec .yaml file"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pairfree", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,22 +161,25 @@ def main(argv: list[str] | None = None) -> int:
     p = world.add_parser("sample", help="render scenes with their captions into a PNG grid")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--out", default="runs/world/grid.png")
-    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=None, help="image side (default: the spec's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spec", default="lite", help=SPEC_HELP)
     p.set_defaults(fn=_world_sample)
 
     p = world.add_parser("edits", help="edits per sub-type as rows: input | instruction | GT target | mask (PNG)")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--out", default="runs/world/edits.png")
-    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=None, help="image side (default: the spec's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--templates", choices=("train", "heldout"), default="train")
+    p.add_argument("--spec", default="lite", help=SPEC_HELP)
     p.set_defaults(fn=_world_edits)
     p = world.add_parser("bench", help="write the fixed editing benchmark (inputs, instructions, GT, masks)")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--n-per-type", type=int, default=50)
-    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=None, help="image side (default: the spec's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spec", default="lite", help=SPEC_HELP)
     p.set_defaults(fn=_world_bench)
 
     p = sub.add_parser("presets", help="build model presets on the meta device and print their parameter counts")
@@ -205,10 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     from pairfree.config import ConfigError
     from pairfree.edit import ImageError
     from pairfree.models.persistence import CheckpointError
+    from pairfree.world.scene import SceneError
+    from pairfree.world.spec import SpecError
 
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, ImageError, FileNotFoundError) as e:  # bad input: the message names it
+    except (ConfigError, CheckpointError, ImageError, FileNotFoundError, SpecError, SceneError) as e:  # bad input: the message names it
         print(f"pairfree {args.command}: error: {e}", file=sys.stderr)
         return 2
 

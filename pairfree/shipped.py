@@ -1,5 +1,6 @@
-"""The shapes world's shipped models: ``pairfree.pretrained("shapes-teacher" | "shapes-judge" |
-"shapes-evaluator" | "shapes-editor")`` loads them from the package (``pairfree/weights/``), no network."""
+"""The shapes world's shipped models: ``pairfree.pretrained("<world>-<kind>")`` loads them from the package
+(``pairfree/weights/``), no network. ``lite-*`` are the lite world's (the CPU default), ``shapes-*`` the full
+world's; each directory's ``world.json`` (or the evaluator's config) names its spec."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import json
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-NAMES = ("shapes-teacher", "shapes-judge", "shapes-evaluator", "shapes-editor")
+KINDS = ("teacher", "judge", "evaluator", "editor")
+NAMES = tuple(f"{world}-{kind}" for world in ("lite", "shapes") for kind in KINDS)
+
+
+def model_name(kind: str, spec) -> str:
+    """The shipped name of world ``spec``'s model ``kind``: ``shapes-<kind>`` for the full world, ``<spec>-<kind>``
+    otherwise (``lite-teacher``)."""
+    return f"{'shapes' if spec.name == 'full' else spec.name}-{kind}"
 
 
 def pretrained(name: str, path: str | Path | None = None):
@@ -16,22 +24,24 @@ def pretrained(name: str, path: str | Path | None = None):
         raise ValueError(f"pretrained: unknown model {name!r}; shipped: {', '.join(NAMES)}")
     root = Path(path) if path is not None else WEIGHTS_DIR / name
     if not root.is_dir():
-        kind = name.split("-")[1]
+        world, kind = name.split("-")
+        configs = "configs/lite" if world == "lite" else "configs/shapes"
         how = (
-            "`pairfree train --config configs/shapes/editor.yaml`, then copy runs/editor/model there"
+            f"`pairfree train --config {configs}/editor.yaml`, then copy runs/editor/model there"
             if kind == "editor"
-            else f"`pairfree pretrain {kind} --config configs/shapes/{kind}.yaml --set ship=true`"
+            else f"`pairfree pretrain {kind} --config {configs}/{kind}.yaml --set ship=true`"
         )
         raise FileNotFoundError(f"{root}: not found. Train it with {how}")
-    if name == "shapes-editor":
+    kind = name.split("-")[1]
+    if kind == "editor":
         from pairfree.edit import EditPipeline
 
         return EditPipeline.from_pretrained(root)
-    if name == "shapes-evaluator":
+    if kind == "evaluator":
         from pairfree.evaluator import Evaluator
 
         return Evaluator.from_pretrained(root).eval()
-    if name == "shapes-teacher":
+    if kind == "teacher":
         from pairfree.pretrain.teacher import Teacher
 
         return Teacher.from_pretrained(root).eval()

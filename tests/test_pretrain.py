@@ -119,13 +119,13 @@ def test_cell_differences_mark_changed_cells():
 
 
 def test_difference_questions_answer_from_the_cells():
-    from pairfree.world.scene import GRID
+    from pairfree.world.spec import FULL
     from pairfree.world.vqa import cell_differences, difference_question
 
     names = {}
-    for r in range(GRID):
-        for c in range(GRID):
-            names[Obj("star", "red", "plain", "large", r, c).position_name()] = r * GRID + c
+    for r in range(FULL.grid):
+        for c in range(FULL.grid):
+            names[FULL.cell_name(r, c)] = r * FULL.grid + c
     for i in range(60):
         it = difference_question(i, yes=i % 2 == 0)
         diff = cell_differences(*it.scenes)

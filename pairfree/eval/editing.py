@@ -155,15 +155,20 @@ def markdown_table(results: dict[str, dict]) -> str:
 def evaluate(model_dir, bench_dir, out_dir, steps: int = 4, baselines=BASELINES, use_judge: bool = True) -> dict:
     """Evaluate the editor in ``model_dir`` and the baselines; writes metrics.json, metrics.md, grid.png."""
     from pairfree.edit import EditPipeline
-    from pairfree.shipped import WEIGHTS_DIR, pretrained
+    from pairfree.shipped import WEIGHTS_DIR, model_name, pretrained
     from pairfree.train.samples import save_edit_rows
     from pairfree.world.bench import load_bench
+    from pairfree.world.spec import check_same, load_spec
 
     bench = load_bench(bench_dir)
+    if model_dir is not None:  # refuse before any work: a model of another world cannot be read on this bench
+        check_same(load_spec(model_dir), f"the editor {model_dir}", bench.spec, f"the benchmark {bench_dir}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    evaluator = pretrained("shapes-evaluator")
-    judge = pretrained("shapes-judge") if use_judge and (WEIGHTS_DIR / "shapes-judge").is_dir() else None
+    evaluator = pretrained(model_name("evaluator", bench.spec))
+    check_same(evaluator.spec, "the evaluator", bench.spec, f"the benchmark {bench_dir}")
+    judge_name = model_name("judge", bench.spec)
+    judge = pretrained(judge_name) if use_judge and (WEIGHTS_DIR / judge_name).is_dir() else None
     systems = {}
     if model_dir is not None:
         pipe = EditPipeline.from_pretrained(model_dir)
@@ -175,7 +180,7 @@ def evaluate(model_dir, bench_dir, out_dir, steps: int = 4, baselines=BASELINES,
     if "identity" in baselines:
         systems["identity"] = bench.inputs * 2 - 1
     if "teacher" in baselines:
-        systems["teacher (edited caption)"] = run_teacher(pretrained("shapes-teacher"), bench)
+        systems["teacher (edited caption)"] = run_teacher(pretrained(model_name("teacher", bench.spec)), bench)
     systems["ground truth (ceiling)"] = bench.targets * 2 - 1  # what the evaluator's own errors allow
     results = {name: measure(evaluator, bench, outs, judge) for name, outs in systems.items()}
     (out / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))

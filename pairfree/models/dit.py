@@ -46,6 +46,9 @@ class DiTConfig:
     norm_eps: float = 1e-6
     norm: str = "layer"  # "layer": SANA's LayerNorm; "rms": RMSNorm through pairfree's fused modulated-norm op
     pos_embed: str = "none"  # "none" (SANA) or "sincos"
+    # "linear": SANA's ReLU linear attention; "softmax": softmax attention over the same q, k, v — a deviation from
+    # SANA for the tiny world DiTs (at 64 tokens it is ~30 % faster per step on a CPU and learns faster)
+    self_attn: str = "linear"
     sample_size: int = 32  # base latent size for "sincos"
     interpolation_scale: float = 1.0  # for "sincos"
     timestep_scale: float = 1000.0  # t in [0, 1] is fed to the embedder as t * timestep_scale
@@ -63,6 +66,8 @@ class DiTConfig:
     def __post_init__(self):
         if self.norm not in ("layer", "rms"):
             raise ValueError(f"DiTConfig.norm: expected 'layer' or 'rms', got {self.norm!r}")
+        if self.self_attn not in ("linear", "softmax"):
+            raise ValueError(f"DiTConfig.self_attn: expected 'linear' or 'softmax', got {self.self_attn!r}")
         if self.pos_embed not in ("none", "sincos"):
             raise ValueError(f"DiTConfig.pos_embed: expected 'none' or 'sincos', got {self.pos_embed!r}")
         if self.cross_heads * self.cross_head_dim != self.width:
@@ -111,17 +116,20 @@ class Modulate(nn.Module):
         return (F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift).to(x.dtype)
 
 
-class LinearSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
+    """Self-attention over the image tokens: SANA's linear attention, or softmax attention (``cfg.self_attn``)."""
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
-        self.heads = cfg.num_heads
+        self.heads, self.kind = cfg.num_heads, cfg.self_attn
         self.qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=cfg.self_attn_bias)
         self.out = nn.Linear(cfg.width, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        return self.out(linear_attention(q, k, v).transpose(1, 2).reshape(b, n, -1))
+        o = linear_attention(q, k, v) if self.kind == "linear" else attention(q, k, v)
+        return self.out(o.transpose(1, 2).reshape(b, n, -1))
 
 
 class CrossAttention(nn.Module):
@@ -165,7 +173,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         self.modulation = nn.Parameter(torch.randn(6, cfg.width) / cfg.width**0.5)
         self.norm = Modulate(cfg)
-        self.self_attn = LinearSelfAttention(cfg)
+        self.self_attn = SelfAttention(cfg)
         self.cross_attn = CrossAttention(cfg)
         self.ffn = MixFFN(cfg)
 

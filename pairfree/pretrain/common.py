@@ -15,6 +15,7 @@ import torch
 
 from pairfree.config import ConfigError
 from pairfree.pretrain.loop import LoopConfig
+from pairfree.shipped import model_name  # noqa: F401  (the pretraining commands name their models with it)
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -24,6 +25,7 @@ class PretrainConfig:
     """One pretraining run: where to write, the loop, the batch size and the model's own settings."""
 
     out: str = "runs/pretrain"
+    world: str = "lite"  # the world spec: lite (the CPU default), full, or a spec .yaml file
     batch: int = 64
     resolution: int = 32
     loop: LoopConfig = field(default_factory=LoopConfig)

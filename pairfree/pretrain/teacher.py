@@ -19,14 +19,13 @@ from pairfree.config import ConfigError, from_dict
 from pairfree.flow import add_noise, logit_normal_t, shift_time, velocity_target
 from pairfree.models.dit import DiT, DiTConfig
 from pairfree.models.text import WorldTextEncoder
-from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, ship, write_card
+from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, model_name, ship, write_card
 from pairfree.pretrain.loop import train
-from pairfree.world.captions import caption
+from pairfree.world.captions import caption, describe_placed
 from pairfree.world.datasets import CaptionImageDataset, item_seed
 from pairfree.world.grid import _tile
 from pairfree.world.scene import sample_scene
-
-NAME = "shapes-teacher"
+from pairfree.world.spec import WorldSpec, check_same, get_spec, save_spec
 
 
 class Teacher(nn.Module):
@@ -76,18 +75,28 @@ def sample(
     return x.clamp(-1, 1)
 
 
-def caption_attribute_match(scene, seen) -> tuple[int, int]:
-    """How many of the scene's attributes the evaluator's reading ``seen`` reproduces (and how many there are)."""
+def caption_attribute_match(scene, seen, per: dict | None = None) -> tuple[int, int]:
+    """How many of the scene's attributes the evaluator's reading ``seen`` reproduces (and how many there are);
+    ``per`` (optional) accumulates ``[hits, total]`` per attribute, plus objects read where none was drawn."""
     got = {(o.row, o.col): o for o in seen.objects}
     hit = total = 0
+    per = per if per is not None else {}
     for o in scene.objects:
         s = got.get((o.row, o.col))
-        for k in ("shape", "color", "texture", "size"):
-            total += 1
-            hit += s is not None and getattr(s, k) == getattr(o, k)
+        for k in ("present", "shape", "color", "texture", "size"):
+            ok = s is not None and (k == "present" or getattr(s, k) == getattr(o, k))
+            acc = per.setdefault(k, [0, 0])
+            acc[0], acc[1] = acc[0] + ok, acc[1] + 1
+            if k != "present":
+                total, hit = total + 1, hit + ok
     for k in ("background", "background_texture", "style"):
-        total += 1
-        hit += getattr(seen, k) == getattr(scene, k)
+        ok = getattr(seen, k) == getattr(scene, k)
+        acc = per.setdefault(k, [0, 0])
+        acc[0], acc[1] = acc[0] + ok, acc[1] + 1
+        total, hit = total + 1, hit + ok
+    extra = per.setdefault("extra objects", [0, 0])
+    drawn = {(o.row, o.col) for o in scene.objects}
+    extra[0], extra[1] = extra[0] + sum((o.row, o.col) not in drawn for o in seen.objects), extra[1] + 1
     return hit, total
 
 
@@ -101,44 +110,56 @@ def evaluate(
     steps: int = 8,
     cfg_scale: float = 3.0,
     grid_out: Path | None = None,
+    spec: WorldSpec | None = None,
 ) -> dict:
+    """Caption attribute match of ``n`` held-out captions of world ``spec`` (the evaluator's), sampled and read
+    back by ``evaluator``; per attribute too."""
+    spec = spec or evaluator.spec
+    check_same(spec, "the teacher's captions", evaluator.spec, "the evaluator")
     scenes, caps = [], []
     for i in range(n):
         rng = random.Random(item_seed(seed, "val", i))
-        sc = sample_scene(rng.getrandbits(63))
+        sc = sample_scene(rng.getrandbits(63), spec)
         scenes.append(sc)
         caps.append(caption(sc, rng.getrandbits(32)))
     hit = total = 0
-    images = []
+    images, readings, per = [], [], {}
     for start in range(0, n, 50):
         x = sample(teacher, caps[start : start + 50], steps, cfg_scale, resolution=resolution, seed=start)
         images.append(x)
-        for sc, seen in zip(scenes[start : start + 50], evaluator.read(x)):
-            h, t = caption_attribute_match(sc, seen)
+        seen_batch = evaluator.read(x)
+        readings += seen_batch
+        for sc, seen in zip(scenes[start : start + 50], seen_batch):
+            h, t = caption_attribute_match(sc, seen, per)
             hit, total = hit + h, total + t
     if grid_out is not None:
-        save_sample_grid(torch.cat(images)[:16], caps[:16], grid_out)
-    return {"caption attribute match": hit / total, "samples": n, "steps": steps, "cfg": cfg_scale}
+        save_sample_grid(torch.cat(images)[:16], caps[:16], grid_out, [describe_placed(r) for r in readings[:16]])
+    return {
+        "caption attribute match": hit / total,
+        "per attribute": {k: h / max(t, 1) for k, (h, t) in per.items()},
+        "samples": n,
+        "steps": steps,
+        "cfg": cfg_scale,
+    }
 
 
-def save_sample_grid(images: torch.Tensor, caps: list[str], out: Path, tile: int = 128) -> None:
+def save_sample_grid(
+    images: torch.Tensor, caps: list[str], out: Path, read: list[str] | None = None, tile: int = 128
+) -> None:
+    """Samples with their captions (and, given ``read``, what the evaluator read in them) as a PNG."""
     import textwrap
 
     from PIL import Image, ImageDraw
 
-    cols, text_h = 4, 60
+    cols, text_h = 4, 60 if read is None else 130
     rows = (len(caps) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * tile, rows * (tile + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (im, cap) in enumerate(zip(images, caps)):
         r, c = divmod(i, cols)
         sheet.paste(_tile((im + 1) / 2, tile), (c * tile, r * (tile + text_h)))
-        draw.multiline_text(
-            (c * tile + 2, r * (tile + text_h) + tile + 2),
-            "\n".join(textwrap.wrap(cap, 24)[:4]),
-            fill="black",
-            spacing=1,
-        )
+        text = textwrap.wrap(cap, 24)[:4] + (["read: " + w for w in textwrap.wrap(read[i], 24)[:5]] if read else [])
+        draw.multiline_text((c * tile + 2, r * (tile + text_h) + tile + 2), "\n".join(text), fill="black", spacing=1)
     sheet.save(out)
 
 
@@ -164,13 +185,15 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     from pairfree import pretrained
 
     out = Path(cfg.out)
+    spec = get_spec(cfg.world)
+    name = model_name("teacher", spec)
     torch.manual_seed(cfg.loop.seed)
     text = WorldTextEncoder.for_world(seed=cfg.loop.seed, **cfg.model.get("text", {}))
     dit_cfg = from_dict(DiTConfig, {**cfg.model.get("dit", {}), "text_dim": text.dim}, "model.dit")
     teacher = Teacher(DiT(dit_cfg), text)
     if cfg.init and not resume:
         load_init(teacher, cfg.init)
-    ds = CaptionImageDataset(10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution)
+    ds = CaptionImageDataset(10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution, spec=spec)
     drop = cfg.model.get("caption_dropout", 0.1)
     on_device = cfg.model.get("render_on_device", False)  # draw the images where the model trains (a GPU)
 
@@ -192,24 +215,47 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         v = m.velocity(xt, b["t"], b["captions"])
         return (v - velocity_target(b["x0"], b["noise"])).square().mean(), {}
 
-    result = train(teacher, Prefetch(batch, cfg.loop.prefetch), step_loss, cfg.loop, out, resume=resume, title=NAME)
+    readers = {}
+
+    def curve(m):  # the learning curve: held-out captions read back, raw weights and EMA alike
+        if "evaluator" not in readers:  # loaded when first needed (it may be training beside this run)
+            try:
+                readers["evaluator"] = pretrained(model_name("evaluator", spec))
+            except FileNotFoundError as e:
+                print(f"learning curve skipped: {e}", flush=True)
+                return {}
+        n = cfg.model.get("curve_items", 100)
+        got = evaluate(m, readers["evaluator"], cfg.loop.seed, n, cfg.resolution, spec=spec)
+        return {"caption match": got["caption attribute match"]}
+
+    result = train(
+        teacher, Prefetch(batch, cfg.loop.prefetch), step_loss, cfg.loop, out, resume=resume, title=name, eval_fn=curve
+    )
     final = result["ema"] or teacher
     export = out / "model"
     export.mkdir(parents=True, exist_ok=True)
     final.save_pretrained(export)
-    evaluator = pretrained("shapes-evaluator")
-    metrics = evaluate(final, evaluator, cfg.loop.seed, cfg.eval_items, cfg.resolution, grid_out=export / "samples.png")
+    save_spec(export, spec)
+    evaluator = readers.get("evaluator") or pretrained(model_name("evaluator", spec))
+    metrics = evaluate(
+        final, evaluator, cfg.loop.seed, cfg.eval_items, cfg.resolution, grid_out=export / "samples.png", spec=spec
+    )
+    if result["ema"] is not None:  # a short run: is the export the trained model? (both are reported)
+        raw = evaluate(teacher, evaluator, cfg.loop.seed, cfg.eval_items, cfg.resolution, spec=spec)
+        metrics["raw weights caption attribute match"] = raw["caption attribute match"]
+    metrics["minutes"] = result["wall_s"] / 60
     (export / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     if (out / "loss.png").exists():
         (export / "loss.png").write_bytes((out / "loss.png").read_bytes())
     write_card(
         export / "MODEL_CARD.md",
-        NAME,
+        name,
         f"The text-to-image teacher of the shapes world: a SANA-architecture DiT (width {dit_cfg.width}, "
         f"{dit_cfg.num_layers} layers, patch {dit_cfg.patch_size}, pixel space {cfg.resolution}²) with a small "
         "word-level text encoder, trained together by flow matching. It is the DMD real score and the "
         "initialisation of the generator and the critic.",
-        "`CaptionImageDataset` (train seeds; 20% of scenes with a global style), 10% caption dropout for CFG. "
+        f"World `{spec.name}`. `CaptionImageDataset` (train seeds; 20% of scenes with a global style), 10% caption "
+        "dropout for CFG. "
         "Held-out: captions of `val` scenes, sampled with 8 Euler steps and CFG 3, read back by the "
         "shapes-evaluator. `samples.png` shows 16 of them.",
         result,
@@ -218,5 +264,5 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         [("caption attribute match (evaluator)", metrics["caption attribute match"], 0.80)],
     )
     if cfg.ship:
-        ship(out, NAME)
+        ship(out, name)
     return metrics

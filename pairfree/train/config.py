@@ -115,6 +115,7 @@ class DistributedConfig:
 @dataclass
 class TrainConfig:
     out: str = "runs/editor"
+    world: str = "full"  # the world spec the data is drawn from (lite, full or a .yaml); must be the models' own
     seed: int = 0
     batch: int = 8  # per process
     copy_steps: int = 500  # stage 0: reference-copy warm-up

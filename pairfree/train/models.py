@@ -55,18 +55,20 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     return device
 
 
-def _load(kind: str, where: str):
-    from pairfree.shipped import NAMES, pretrained
+def _load(kind: str, where: str, world=None):
+    """A shipped world model (a name, or a directory in its layout); with ``world``, refused unless it was trained on
+    that world spec."""
+    from pairfree.shipped import NAMES, WEIGHTS_DIR, pretrained
+    from pairfree.world.spec import check_same, load_spec
 
-    name = f"shapes-{kind}"
-    if where in NAMES:
-        return pretrained(where)
-    path = Path(where)
-    if not path.is_dir():
+    path = WEIGHTS_DIR / where if where in NAMES else Path(where)
+    if where not in NAMES and not path.is_dir():
         raise CheckpointError(
             f"models.{kind}: {where!r} is neither a shipped model ({', '.join(NAMES)}) nor a directory"
         )
-    return pretrained(name, path)
+    if world is not None and path.is_dir():
+        check_same(load_spec(path), f"models.{kind} ({where})", world, "the run's world")
+    return pretrained(where if where in NAMES else f"shapes-{kind}", None if where in NAMES else path)
 
 
 def check_judge_tokens(judge) -> None:
@@ -77,13 +79,14 @@ def check_judge_tokens(judge) -> None:
         raise ValueError(f"judge: the tokenizer has no {missing} token(s); the editing loss needs Yes and No")
 
 
-def load_models(cfg: ModelsConfig, critic: bool = True) -> EditorModels:
+def load_models(cfg: ModelsConfig, critic: bool = True, world=None) -> EditorModels:
     """Teacher and judge from shipped names or directories; generator and critic initialised from the teacher.
-    ``critic=False`` (DMD with the delta score, ``loss.dmd_fake: delta``) builds no critic: nothing would use it."""
+    ``critic=False`` (DMD with the delta score, ``loss.dmd_fake: delta``) builds no critic: nothing would use it.
+    ``world`` (a :class:`~pairfree.world.spec.WorldSpec`): refuse shapes models trained on another world."""
     if cfg.format == "diffusers":
         return load_diffusers_models(cfg, critic)
-    teacher = _load("teacher", cfg.teacher).requires_grad_(False).eval()
-    judge = _load("judge", cfg.judge)
+    teacher = _load("teacher", cfg.teacher, world).requires_grad_(False).eval()
+    judge = _load("judge", cfg.judge, world)
     check_judge_tokens(judge)
     judge.model.requires_grad_(False)  # input gradients only
     if not teacher.dit.config.reference:

@@ -27,7 +27,7 @@ def train(args, trainer_cls=None, what: str = "editor") -> int:
         torch.set_num_threads(cfg.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = None if distributed else resolve_device(cfg.device)  # under deepspeed each rank takes its own GPU
-    models = load_models(cfg.models, critic=cfg.loss.uses_critic)
+    models = load_models(cfg.models, critic=cfg.loss.uses_critic, world=get_spec(cfg.world))
     if distributed:
         from pairfree.train.distributed import build_distributed_trainer
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from pairfree.config import to_dict
 from pairfree.flow import few_step_schedule
 from pairfree.pretrain.common import Prefetch
+from pairfree.pretrain.loop import ema_decay
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import (
     dmd_generator_loss,
@@ -45,6 +46,7 @@ from pairfree.train.losses import (
 from pairfree.train.models import EditorModels, editor_x0, ema_copy, trained_part
 from pairfree.unroll import per_sample_randn, unroll
 from pairfree.world.datasets import EditorDataset, item_seed
+from pairfree.world.spec import get_spec, save_spec
 
 # the world vocabulary has no "nothing": the do-nothing instruction is spelled with words it has
 DO_NOTHING = "the same image as the original"
@@ -139,9 +141,10 @@ class EditorTrainer:
         if oc.ema and ema is None:
             self.ema = ema_copy(models.generator)
         self.zero3 = "generator" in engines and engines["generator"].zero_optimization_stage() == 3
+        self.spec = get_spec(cfg.world)
         self.data = EditorDataset(
             10**12, mix=cfg.mix, seed=cfg.seed, split="train", resolution=cfg.models.resolution, rank=rank,
-            world_size=world_size,
+            world_size=world_size, spec=self.spec,
         )  # fmt: skip
         self._items = Prefetch(self._build_batch, cfg.prefetch) if cfg.prefetch else self._build_batch
         self.schedule = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
@@ -284,8 +287,9 @@ class EditorTrainer:
             trained = trained_part(self.gen.module)
             with torch.no_grad(), self._whole(trained):
                 ema = self.ema.dit if trained is self.gen.module.dit else self.ema
+                decay = ema_decay(self.step, oc.ema)
                 for pe, pm in zip(ema.parameters(), trained.parameters()):
-                    pe.lerp_(pm.detach().to(pe.dtype), 1 - oc.ema)
+                    pe.lerp_(pm.detach().to(pe.dtype), 1 - decay)
         return {**logs, "loss": loss.item(), "grad_norm": gnorm, "skipped": self.skipped}
 
     # ----------------------------------------------------------------------------------- checkpoints ---
@@ -450,6 +454,7 @@ class EditorTrainer:
             "config": to_dict(self.cfg),
         }
         (path / "train.json").write_text(json.dumps(record, indent=1))
+        save_spec(path, self.spec)
         return path
 
     @torch.no_grad()
@@ -460,7 +465,9 @@ class EditorTrainer:
         from pairfree.world.edits import EDIT_TYPES, sample_edit
         from pairfree.world.render import render
 
-        edits = [sample_edit(item_seed(0, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)]) for i in range(n)]
+        edits = [
+            sample_edit(item_seed(0, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)], spec=self.spec) for i in range(n)
+        ]
         inputs = (render([e.source for e in edits], self.cfg.models.resolution)[0] * 2 - 1).to(self.device)
         gen = self.ema if self.ema is not None else self.gen.module
         outputs = edit_images(

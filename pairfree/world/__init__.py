@@ -9,10 +9,13 @@ from pairfree.world.captions import caption
 from pairfree.world.edits import EDIT_TYPES, Edit, EditError, apply_edit, render_edits, sample_edit
 from pairfree.world.render import render
 from pairfree.world.scene import COLORS, SHAPES, SIZES, STYLES, TEXTURES, Obj, Scene, SceneError, sample_scene
+from pairfree.world.spec import FULL, LITE, SpecError, WorldSpec, get_spec
 
 __all__ = [
     "COLORS",
     "EDIT_TYPES",
+    "FULL",
+    "LITE",
     "SHAPES",
     "SIZES",
     "STYLES",
@@ -22,8 +25,11 @@ __all__ = [
     "Obj",
     "Scene",
     "SceneError",
+    "SpecError",
+    "WorldSpec",
     "apply_edit",
     "caption",
+    "get_spec",
     "render",
     "render_edits",
     "sample_edit",

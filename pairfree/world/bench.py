@@ -6,7 +6,7 @@ templates, so no model has trained on their wording. ``save_bench`` writes:
 * ``cases.jsonl`` — one edit per line: id, type, form, instruction, source scene, params, edited scene,
   source/edited captions, judge questions;
 * ``tensors.safetensors`` — ``inputs``/``targets`` uint8 ``(N, 3, R, R)`` and ``masks`` float32 ``(N, 1, R, R)``;
-* ``manifest.json`` — seed, counts, resolution, version and the command that wrote it.
+* ``manifest.json`` — seed, counts, resolution, the world spec, version and the command that wrote it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,17 @@ from pairfree.world.captions import caption
 from pairfree.world.datasets import item_seed
 from pairfree.world.edits import EDIT_TYPES, Edit, EditError, render_edits, sample_edit
 from pairfree.world.scene import SceneError
+from pairfree.world.spec import DEFAULT, WorldSpec, get_spec
 
-BENCH_VERSION = 1
+BENCH_VERSION = 2  # 2: the manifest names its world spec
 
 
-def build_bench(n_per_type: int = 50, seed: int = 0, templates: str = "heldout") -> list[Edit]:
-    """``n_per_type`` edits of every type from the bench seed stream, grouped by type."""
+def build_bench(
+    n_per_type: int = 50, seed: int = 0, templates: str = "heldout", spec: WorldSpec = DEFAULT
+) -> list[Edit]:
+    """``n_per_type`` edits of every type of world ``spec`` from the bench seed stream, grouped by type."""
     return [
-        sample_edit(item_seed(seed, "bench", k * 1_000_000 + i), kind=kind, templates=templates)
+        sample_edit(item_seed(seed, "bench", k * 1_000_000 + i), kind=kind, templates=templates, spec=spec)
         for k, kind in enumerate(EDIT_TYPES)
         for i in range(n_per_type)
     ]
@@ -44,12 +47,19 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_bench(
-    out: str | Path, n_per_type: int = 50, seed: int = 0, resolution: int = 32, command: str | None = None
+    out: str | Path,
+    n_per_type: int = 50,
+    seed: int = 0,
+    resolution: int | None = None,
+    command: str | None = None,
+    spec: WorldSpec = DEFAULT,
 ) -> Path:
-    """Build the benchmark and write it to directory ``out`` (each file atomically). Returns ``out``."""
+    """Build the benchmark of world ``spec`` (at ``resolution``, default the spec's) and write it to directory
+    ``out`` (each file atomically). Returns ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    edits = build_bench(n_per_type, seed)
+    resolution = resolution or spec.resolution
+    edits = build_bench(n_per_type, seed, spec=spec)
     inputs, targets, masks = render_edits(edits, resolution)
     to_u8 = lambda t: (t * 255).round().to(torch.uint8).contiguous()
     lines = []
@@ -72,6 +82,7 @@ def save_bench(
         "seed": seed,
         "n_per_type": n_per_type,
         "resolution": resolution,
+        "world": spec.to_dict(),
         "types": list(EDIT_TYPES),
         "cases": len(edits),
         "templates": "heldout",
@@ -91,6 +102,7 @@ class Bench:
     targets: torch.Tensor
     masks: torch.Tensor
     manifest: dict
+    spec: WorldSpec
 
 
 def load_bench(path: str | Path) -> Bench:
@@ -103,7 +115,11 @@ def load_bench(path: str | Path) -> Bench:
             )
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest.get("version") != BENCH_VERSION:
-        raise SceneError(f"{path / 'manifest.json'}.version: expected {BENCH_VERSION}, got {manifest.get('version')!r}")
+        raise SceneError(
+            f"{path / 'manifest.json'}.version: expected {BENCH_VERSION}, got {manifest.get('version')!r} "
+            f"(rewrite it with `pairfree world bench --out {path}`)"
+        )
+    spec = get_spec(manifest.get("world"))
     edits, records = [], []
     for ln, line in enumerate((path / "cases.jsonl").read_text().splitlines(), 1):
         where = f"{path / 'cases.jsonl'}:{ln}"
@@ -111,7 +127,7 @@ def load_bench(path: str | Path) -> Bench:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise EditError(f"{where}: not valid JSON ({e})") from None
-        e = Edit.from_dict({k: rec.get(k) for k in ("source", "type", "params", "instruction")}, where)
+        e = Edit.from_dict({k: rec.get(k) for k in ("source", "type", "params", "instruction")}, where, spec)
         if e.target.to_dict() != rec.get("target"):
             raise EditError(f"{where}.target: does not match the edit applied to the source")
         edits.append(e)
@@ -126,4 +142,4 @@ def load_bench(path: str | Path) -> Bench:
         if key not in t or tuple(t[key].shape) != shape:
             got = tuple(t[key].shape) if key in t else "nothing"
             raise SceneError(f"{path / 'tensors.safetensors'}[{key}]: expected shape {shape}, got {got}")
-    return Bench(edits, records, t["inputs"].float() / 255, t["targets"].float() / 255, t["masks"], manifest)
+    return Bench(edits, records, t["inputs"].float() / 255, t["targets"].float() / 255, t["masks"], manifest, spec)

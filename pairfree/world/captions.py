@@ -39,7 +39,7 @@ def caption(scene: Scene, seed: int = 0) -> str:
     """One caption of ``scene`` (its style, if any, is stated last); ``seed`` picks the phrasing."""
     rng = random.Random(seed)
     objs = [describe(o) for o in scene.objects]
-    placed = [f"{describe(o)} at the {o.position_name()}" for o in scene.objects]
+    placed = [f"{describe(o)} at the {scene.position_name(o)}" for o in scene.objects]
     join = lambda xs: xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
     bg = _background(scene)
     if not objs:  # e.g. after removing the only object
@@ -56,6 +56,6 @@ def caption(scene: Scene, seed: int = 0) -> str:
 def describe_placed(scene: Scene) -> str:
     """A fixed-order, fully explicit description: every object with its cell, then background and style."""
     objs = sorted(scene.objects, key=lambda o: (o.row, o.col))
-    parts = [f"{describe(o)} at the {o.position_name()}" for o in objs] or ["no objects"]
+    parts = [f"{describe(o)} at the {scene.position_name(o)}" for o in objs] or ["no objects"]
     text = "; ".join(parts) + f"; {_background(scene)}"
     return text + (STYLE_SUFFIX[scene.style] if scene.style != "none" else "") + "."

@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 from pairfree.world.captions import caption
 from pairfree.world.edits import DEFAULT_MIX, check_mix, sample_edit
 from pairfree.world.render import render
-from pairfree.world.scene import STYLES, sample_scene
+from pairfree.world.scene import sample_scene
+from pairfree.world.spec import FULL, WorldSpec
 from pairfree.world.vqa import SINGLE_FORMS, cell_differences, difference_question, pair_question, single_question
 
 SPLITS = ("train", "val", "bench")
@@ -40,7 +41,14 @@ class WorldDataset(Dataset):
     """Base: ``length`` global items, this rank's shard of them (equal size on every rank)."""
 
     def __init__(
-        self, length: int, seed: int = 0, split: str = "train", resolution: int = 32, rank: int = 0, world_size: int = 1
+        self,
+        length: int,
+        seed: int = 0,
+        split: str = "train",
+        resolution: int = 32,
+        rank: int = 0,
+        world_size: int = 1,
+        spec: WorldSpec = FULL,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
@@ -48,7 +56,7 @@ class WorldDataset(Dataset):
             raise ValueError(f"length: {length} items cannot be shared by {world_size} ranks")
         item_seed(seed, split, 0)  # validates split
         self.length, self.seed, self.split, self.resolution = length, seed, split, resolution
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.spec = rank, world_size, spec
 
     def __len__(self) -> int:
         return self.length // self.world_size
@@ -79,9 +87,9 @@ class CaptionImageDataset(WorldDataset):
 
     def example(self, index: int):
         rng = random.Random(item_seed(self.seed, self.split, index))
-        scene = sample_scene(rng.getrandbits(63))
+        scene = sample_scene(rng.getrandbits(63), self.spec)
         if rng.random() < self.style_prob:
-            scene = dataclasses.replace(scene, style=rng.choice(STYLES[1:]))
+            scene = dataclasses.replace(scene, style=rng.choice(self.spec.styles[1:]))
         return scene, caption(scene, rng.getrandbits(32))
 
     def __getitems__(self, js):
@@ -118,9 +126,9 @@ class JudgeVQADataset(WorldDataset):
         r = random.Random(s)
         if r.random() < self.pair_prob:
             if r.random() < self.difference_prob:
-                return difference_question(s, yes, self.mix)
-            return pair_question(s, yes, self.mix)
-        return single_question(s, yes, forms=self.forms)
+                return difference_question(s, yes, self.mix, spec=self.spec)
+            return pair_question(s, yes, self.mix, spec=self.spec)
+        return single_question(s, yes, forms=self.forms, spec=self.spec)
 
     def __getitems__(self, js):
         items = [self.example(self.global_index(j)) for j in js]
@@ -170,7 +178,7 @@ class EditorDataset(WorldDataset):
 
     def example(self, index: int):
         s = item_seed(self.seed, self.split, index)
-        return sample_edit(s, self.mix, templates="train"), s
+        return sample_edit(s, self.mix, templates="train", spec=self.spec), s
 
     def __getitems__(self, js):
         examples = [self.example(self.global_index(j)) for j in js]

@@ -21,22 +21,8 @@ import torch.nn.functional as F
 
 from pairfree.world.captions import TEXTURE_ADJ, caption
 from pairfree.world.render import render
-from pairfree.world.scene import (
-    COLORS,
-    GRID,
-    MAX_OBJECTS,
-    SHAPES,
-    SIZES,
-    STYLES,
-    TEXTURES,
-    Obj,
-    Scene,
-    SceneError,
-    free_cells,
-    obj_from_dict,
-    sample_object,
-    sample_scene,
-)
+from pairfree.world.scene import Obj, Scene, SceneError, free_cells, obj_from_dict, sample_object, sample_scene
+from pairfree.world.spec import FULL, WorldSpec
 
 EDIT_TYPES = ("color", "texture", "background", "add", "remove", "replace", "adjust", "style")
 # the public reimplementation's mix: remove 25 %, the other types equally
@@ -114,6 +100,7 @@ def apply_edit(scene: Scene, kind: str, params: dict, where: str = "edit") -> Sc
         raise EditError(f"{where}.params: expected an object, got {type(params).__name__}")
     p = dict(params)
     objs = list(scene.objects)
+    spec = scene.spec
 
     def index() -> int:
         i = p.get("object")
@@ -142,9 +129,9 @@ def apply_edit(scene: Scene, kind: str, params: dict, where: str = "edit") -> Sc
     if kind in ("color", "texture", "replace"):
         i = index()
         key, allowed = {
-            "color": ("color", tuple(COLORS)),
-            "texture": ("texture", TEXTURES),
-            "replace": ("shape", SHAPES),
+            "color": ("color", spec.colors),
+            "texture": ("texture", spec.textures),
+            "replace": ("shape", spec.shapes),
         }[kind]
         value = choice(key, allowed)
         if getattr(objs[i], key) == value:
@@ -157,21 +144,21 @@ def apply_edit(scene: Scene, kind: str, params: dict, where: str = "edit") -> Sc
         if ("color" in p) == ("texture" in p):
             raise EditError(f"{where}.params: a background edit sets exactly one of 'color' or 'texture'")
         if "color" in p:
-            value = choice("color", tuple(COLORS))
+            value = choice("color", spec.colors)
             if value == scene.background:
                 raise noop(f"the background is already {value}")
             for o in objs:
                 visible(o.color, value)
             return dataclasses.replace(scene, background=value)
-        value = choice("texture", TEXTURES)
+        value = choice("texture", spec.textures)
         if value == scene.background_texture:
             raise noop(f"the background is already {value}")
         return dataclasses.replace(scene, background_texture=value)
     if kind == "add":
-        if len(objs) >= MAX_OBJECTS:
-            raise EditError(f"{where}: impossible add edit: the scene is full ({MAX_OBJECTS} objects)")
+        if len(objs) >= spec.max_objects:
+            raise EditError(f"{where}: impossible add edit: the scene is full ({spec.max_objects} objects)")
         try:
-            o = obj_from_dict(p.get("object"), f"{where}.params.object")
+            o = obj_from_dict(p.get("object"), f"{where}.params.object", spec)
         except SceneError as e:
             raise EditError(str(e)) from None
         if (o.row, o.col) not in free_cells(scene):
@@ -184,7 +171,7 @@ def apply_edit(scene: Scene, kind: str, params: dict, where: str = "edit") -> Sc
     if kind == "adjust":
         i = index()
         if "size" in p:
-            value = choice("size", tuple(SIZES))
+            value = choice("size", spec.size_names)
             if objs[i].size == value:
                 raise noop(f"object {i} is already {value}")
             objs[i] = dataclasses.replace(objs[i], size=value)
@@ -194,8 +181,8 @@ def apply_edit(scene: Scene, kind: str, params: dict, where: str = "edit") -> Sc
         r, c = p["row"], p["col"]
         if not all(isinstance(v, int) for v in (r, c)):
             raise EditError(f"{where}.params: row and col must be integers, got {r!r}, {c!r}")
-        if not (0 <= r < GRID and 0 <= c < GRID):
-            raise EditError(f"{where}: impossible move: cell (row={r}, col={c}) is off the {GRID}x{GRID} canvas")
+        if not (0 <= r < spec.grid and 0 <= c < spec.grid):
+            raise EditError(f"{where}: impossible move: cell (row={r}, col={c}) is off the {spec.grid}x{spec.grid} canvas")
         if (r, c) == (objs[i].row, objs[i].col):
             raise noop(f"object {i} is already at (row={r}, col={c})")
         if (r, c) not in free_cells(scene):
@@ -203,7 +190,7 @@ def apply_edit(scene: Scene, kind: str, params: dict, where: str = "edit") -> Sc
         objs[i] = dataclasses.replace(objs[i], row=r, col=c)
         return dataclasses.replace(scene, objects=tuple(objs))
     # style
-    value = choice("style", STYLES[1:])
+    value = choice("style", spec.styles[1:])
     if scene.style != "none":
         raise EditError(f"{where}: impossible style edit: the scene already has style {scene.style!r}")
     if value == "grayscale" and all(c in ACHROMATIC for c in [scene.background] + [o.color for o in objs]):
@@ -228,11 +215,7 @@ def refer(scene: Scene, i: int) -> str:
     for keys in (("shape",), ("color", "shape"), ("size", "color", "shape")):
         if sum(all(getattr(q, k) == getattr(o, k) for k in keys) for q in scene.objects) == 1:
             return "the " + " ".join(getattr(o, k) for k in keys)
-    return f"the {o.color} {o.shape} at the {o.position_name()}"
-
-
-def _cell_name(row: int, col: int) -> str:
-    return Obj("circle", "red", "solid", "small", row, col).position_name()
+    return f"the {o.color} {o.shape} at the {scene.position_name(o)}"
 
 
 def _indefinite(o: Obj) -> str:
@@ -249,9 +232,9 @@ def instruction_text(scene: Scene, kind: str, params: dict, rng: random.Random, 
         fields["obj"] = refer(scene, params["object"])
     if kind == "add":
         o = Obj(**params["object"])
-        fields.update(new=_indefinite(o), where=_cell_name(o.row, o.col))
+        fields.update(new=_indefinite(o), where=scene.spec.cell_name(o.row, o.col))
     if "row" in params:
-        fields["where"] = _cell_name(params["row"], params["col"])
+        fields["where"] = scene.spec.cell_name(params["row"], params["col"])
     if "texture" in params:
         fields["texture"] = TEXTURE_ADJ[params["texture"]]
     return rng.choice(TEMPLATES[templates][form_of(kind, params)]).format(**fields)
@@ -336,8 +319,8 @@ class Edit:
         }
 
     @staticmethod
-    def from_dict(d: dict, where: str = "edit") -> Edit:
-        """Parse and validate (the edit must be possible and not a no-op); errors name the field."""
+    def from_dict(d: dict, where: str = "edit", spec: WorldSpec = FULL) -> Edit:
+        """Parse and validate in ``spec`` (the edit must be possible and not a no-op); errors name the field."""
         if not isinstance(d, dict):
             raise EditError(f"{where}: expected an object, got {type(d).__name__}")
         missing = {"source", "type", "params", "instruction"} - d.keys()
@@ -345,7 +328,7 @@ class Edit:
             raise EditError(f"{where}: missing field(s) {sorted(missing)}")
         if not isinstance(d["instruction"], str) or not d["instruction"].strip():
             raise EditError(f"{where}.instruction: expected a non-empty string, got {d['instruction']!r}")
-        source = Scene.from_dict(d["source"], f"{where}.source")
+        source = Scene.from_dict(d["source"], f"{where}.source", spec)
         apply_edit(source, d["type"], d["params"], where)
         return Edit(source, d["type"], dict(d["params"]), d["instruction"])
 
@@ -366,27 +349,27 @@ def check_mix(mix: dict[str, float]) -> dict[str, float]:
 
 def propose_params(scene: Scene, kind: str, rng: random.Random) -> dict:
     """A random parameter proposal for ``kind`` on ``scene``; it may be invalid — :func:`apply_edit` judges."""
-    n = len(scene.objects)
+    n, spec = len(scene.objects), scene.spec
     i = rng.randrange(n) if n else 0
     if kind == "color":
-        return {"object": i, "color": rng.choice(tuple(COLORS))}
+        return {"object": i, "color": rng.choice(spec.colors)}
     if kind == "texture":
-        return {"object": i, "texture": rng.choice(TEXTURES)}
+        return {"object": i, "texture": rng.choice(spec.textures)}
     if kind == "replace":
-        return {"object": i, "shape": rng.choice(SHAPES)}
+        return {"object": i, "shape": rng.choice(spec.shapes)}
     if kind == "background":
-        key = rng.choice(("color", "texture"))
-        return {key: rng.choice(tuple(COLORS) if key == "color" else TEXTURES)}
+        key = rng.choice(("color", "texture")) if len(spec.textures) > 1 else "color"
+        return {key: rng.choice(spec.colors if key == "color" else spec.textures)}
     if kind == "add":
-        r, c = rng.randrange(GRID), rng.randrange(GRID)
-        return {"object": dataclasses.asdict(sample_object(rng, r, c))}
+        r, c = rng.randrange(spec.grid), rng.randrange(spec.grid)
+        return {"object": dataclasses.asdict(sample_object(rng, r, c, spec=spec))}
     if kind == "remove":
         return {"object": i}
     if kind == "adjust":
         if rng.random() < 0.5:
-            return {"object": i, "size": rng.choice(tuple(SIZES))}
-        return {"object": i, "row": rng.randrange(GRID), "col": rng.randrange(GRID)}
-    return {"style": rng.choice(STYLES[1:])}
+            return {"object": i, "size": rng.choice(spec.size_names)}
+        return {"object": i, "row": rng.randrange(spec.grid), "col": rng.randrange(spec.grid)}
+    return {"style": rng.choice(spec.styles[1:])}
 
 
 def sample_edit(
@@ -395,23 +378,24 @@ def sample_edit(
     templates: str = "train",
     kind: str | None = None,
     max_tries: int = 1000,
+    spec: WorldSpec = FULL,
 ) -> Edit:
-    """The edit of ``seed``: a type drawn from ``mix`` (or ``kind``), then scene + parameter proposals until
-    :func:`apply_edit` accepts one (so the type mix holds exactly in expectation)."""
+    """The edit of ``seed`` in world ``spec``: a type drawn from ``mix`` (or ``kind``), then scene + parameter
+    proposals until :func:`apply_edit` accepts one (so the type mix holds exactly in expectation)."""
     rng = random.Random(seed)
     mix = check_mix(mix if mix is not None else DEFAULT_MIX)
     if kind is None:
         kind = rng.choices(EDIT_TYPES, weights=[mix[t] for t in EDIT_TYPES])[0]
     elif kind not in EDIT_TYPES:
         raise EditError(f"kind: unknown edit type {kind!r}; allowed: {', '.join(EDIT_TYPES)}")
-    scene = sample_scene(rng.getrandbits(63))
+    scene = sample_scene(rng.getrandbits(63), spec)
     for _ in range(max_tries):
         params = propose_params(scene, kind, rng)
         try:
             apply_edit(scene, kind, params)
         except EditError:
             if rng.random() < 0.25:  # e.g. add into a full scene: draw another scene
-                scene = sample_scene(rng.getrandbits(63))
+                scene = sample_scene(rng.getrandbits(63), spec)
             continue
         return Edit(scene, kind, params, instruction_text(scene, kind, params, rng, templates))
     raise RuntimeError(f"no valid {kind} edit found in {max_tries} proposals (seed {seed})")

@@ -11,14 +11,25 @@ from PIL import Image, ImageDraw
 from pairfree.world.captions import caption
 from pairfree.world.render import render
 from pairfree.world.scene import sample_scene
+from pairfree.world.spec import DEFAULT, WorldSpec
 
 
-def save_scene_grid(out: str | Path, n: int = 16, resolution: int = 32, seed: int = 0, cols: int = 4, tile: int = 160):
-    """Render scenes ``seed .. seed+n-1`` at ``resolution`` and save a captioned grid to ``out`` (PNG), plus
-    ``out`` with ``.json`` holding the scenes and captions. Returns the PNG path."""
+def save_scene_grid(
+    out: str | Path,
+    n: int = 16,
+    resolution: int | None = None,
+    seed: int = 0,
+    cols: int = 4,
+    tile: int = 160,
+    spec: WorldSpec = DEFAULT,
+):
+    """Render scenes ``seed .. seed+n-1`` of world ``spec`` at ``resolution`` (default the spec's) and save a
+    captioned grid to ``out`` (PNG), plus ``out`` with ``.json`` holding the spec, scenes and captions. Returns
+    the PNG path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scenes = [sample_scene(seed + i) for i in range(n)]
+    resolution = resolution or spec.resolution
+    scenes = [sample_scene(seed + i, spec) for i in range(n)]
     caps = [caption(s, seed + i) for i, s in enumerate(scenes)]
     images, _ = render(scenes, resolution)
     text_h = 64
@@ -32,7 +43,14 @@ def save_scene_grid(out: str | Path, n: int = 16, resolution: int = 32, seed: in
         sheet.paste(pil, (x0, y0))
         draw.multiline_text((x0 + 3, y0 + tile + 2), "\n".join(textwrap.wrap(cap, 30)[:5]), fill="black", spacing=1)
     sheet.save(out)
-    meta = {"resolution": resolution, "seed": seed, "scenes": [s.to_dict() for s in scenes], "captions": caps}
+    meta = {
+        "world": spec.to_dict(),
+        "distinct_scenes": spec.distinct_scenes(),
+        "resolution": resolution,
+        "seed": seed,
+        "scenes": [s.to_dict() for s in scenes],
+        "captions": caps,
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return out
 
@@ -42,7 +60,13 @@ def _tile(img, tile: int) -> Image.Image:
 
 
 def save_edit_grid(
-    out: str | Path, n: int = 16, resolution: int = 32, seed: int = 0, templates: str = "train", tile: int = 128
+    out: str | Path,
+    n: int = 16,
+    resolution: int | None = None,
+    seed: int = 0,
+    templates: str = "train",
+    tile: int = 128,
+    spec: WorldSpec = DEFAULT,
 ) -> Path:
     """Save ``n`` edits (cycling through the sub-types) as rows of input | instruction | ground-truth target |
     change mask to ``out`` (PNG), plus ``out`` with ``.json`` holding the edit records. Returns the PNG path."""
@@ -51,8 +75,9 @@ def save_edit_grid(
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    resolution = resolution or spec.resolution
     edits = [
-        sample_edit(item_seed(seed, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)], templates=templates)
+        sample_edit(item_seed(seed, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)], templates=templates, spec=spec)
         for i in range(n)
     ]
     inputs, targets, masks = render_edits(edits, resolution)
@@ -74,6 +99,12 @@ def save_edit_grid(
         sheet.paste(_tile(targets[i], tile), (3 * pad + tile + text_w, y))
         sheet.paste(_tile(masks[i].expand(3, -1, -1), tile), (4 * pad + 2 * tile + text_w, y))
     sheet.save(out)
-    meta = {"resolution": resolution, "seed": seed, "templates": templates, "edits": [e.to_dict() for e in edits]}
+    meta = {
+        "world": spec.to_dict(),
+        "resolution": resolution,
+        "seed": seed,
+        "templates": templates,
+        "edits": [e.to_dict() for e in edits],
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return out

@@ -12,10 +12,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pairfree.world.scene import COLORS, GRID, MAX_OBJECTS, SHAPES, SIZES, Scene
+from pairfree.world.scene import Scene
+from pairfree.world.spec import ALL_SHAPES, PALETTE, SpecError
 
-_RGB = torch.tensor([COLORS[c] for c in COLORS], dtype=torch.float32) / 255.0
-_COLOR_INDEX = {c: i for i, c in enumerate(COLORS)}
+_RGB = torch.tensor([PALETTE[c] for c in PALETTE], dtype=torch.float32) / 255.0
+_COLOR_INDEX = {c: i for i, c in enumerate(PALETTE)}
 
 
 def _inside(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ def _inside(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if shape == "heart":  # (x² + y² - 1)³ ≤ x² y³ with y up
         hx, hy = u * 1.2, -v * 1.2 + 0.15
         return (hx * hx + hy * hy - 1) ** 3 <= hx * hx * hy**3
-    raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
+    raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(ALL_SHAPES)}")
 
 
 def _pattern(textures: list[str], u: torch.Tensor, v: torch.Tensor, freq: float) -> torch.Tensor:
@@ -71,11 +72,15 @@ def _tone(rgb: torch.Tensor) -> torch.Tensor:
 def render(
     scenes: list[Scene], resolution: int = 32, supersample: int = 4, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render ``scenes`` -> ``(images, masks)``: images ``(B, 3, R, R)`` in [0, 1] (float32), masks
-    ``(B, 4, R, R)`` = each object slot's pixel coverage in [0, 1] (zeros for empty slots). ``device``: where
-    to draw (a GPU draws a large batch far faster than the CPU)."""
+    """Render ``scenes`` (all of one spec) -> ``(images, masks)``: images ``(B, 3, R, R)`` in [0, 1] (float32),
+    masks ``(B, max_objects, R, R)`` = each object slot's pixel coverage in [0, 1] (zeros for empty slots).
+    ``device``: where to draw (a GPU draws a large batch far faster than the CPU)."""
     if resolution < 8:
         raise ValueError(f"render: resolution must be >= 8, got {resolution}")
+    spec = scenes[0].spec if scenes else None
+    if any(sc.spec != spec for sc in scenes):
+        raise SpecError(f"render: one batch holds scenes of worlds {sorted({sc.spec.name for sc in scenes})}")
+    grid, max_objects = (spec.grid, spec.max_objects) if spec else (1, 0)
     b, s = len(scenes), resolution * supersample
     on = dict(device=device)
     palette = _RGB.to(device)
@@ -88,17 +93,17 @@ def render(
     bg_tone = 0.5 * (bg + _tone(bg))  # a subtler second tone than objects', so objects stand out
     image = bg[:, :, None, None] * (1 - p) + bg_tone[:, :, None, None] * p
 
-    coverage = torch.zeros(b, MAX_OBJECTS, s, s, **on)
-    for k in range(MAX_OBJECTS):
+    coverage = torch.zeros(b, max_objects, s, s, **on)
+    for k in range(max_objects):
         slot = [(i, sc.objects[k]) for i, sc in enumerate(scenes) if k < len(sc.objects)]
         if not slot:
             break
         for shape in sorted({o.shape for _, o in slot}):  # evaluate each shape only where it is drawn
             group = [(i, o) for i, o in slot if o.shape == shape]
             idx = torch.tensor([i for i, _ in group], **on)
-            half = torch.tensor([SIZES[o.size] for _, o in group], **on)[:, None, None]
-            cx = torch.tensor([(o.col + 0.5) / GRID for _, o in group], **on)[:, None, None]
-            cy = torch.tensor([(o.row + 0.5) / GRID for _, o in group], **on)[:, None, None]
+            half = torch.tensor([spec.half_extent(o.size) for _, o in group], **on)[:, None, None]
+            cx = torch.tensor([(o.col + 0.5) / grid for _, o in group], **on)[:, None, None]
+            cy = torch.tensor([(o.row + 0.5) / grid for _, o in group], **on)[:, None, None]
             u, v = (x[: len(group)] - cx) / half, (y[: len(group)] - cy) / half
             a = _inside(shape, u, v).float()[:, None]
             rgb = palette[[_COLOR_INDEX[o.color] for _, o in group]]

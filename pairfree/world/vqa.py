@@ -33,18 +33,8 @@ from pairfree.world.edits import (
     sample_edit,
     verify_question,
 )
-from pairfree.world.scene import (
-    COLORS,
-    GRID,
-    MAX_OBJECTS,
-    SHAPES,
-    SIZES,
-    STYLES,
-    TEXTURES,
-    Scene,
-    free_cells,
-    sample_scene,
-)
+from pairfree.world.scene import Scene, free_cells, sample_scene
+from pairfree.world.spec import FULL, WorldSpec
 
 STYLE_PHRASE = {
     "grayscale": "in grayscale",
@@ -79,27 +69,33 @@ def _other(rng: random.Random, allowed, current):
 SINGLE_FORMS = ("shape", "color", "texture", "size", "empty", "background", "count", "style", "exists")
 
 
-def single_question(seed: int, yes: bool, style_prob: float = 0.2, forms: tuple[str, ...] = SINGLE_FORMS) -> VQAItem:
-    """A single-image question about the scene of ``seed`` whose answer is Yes iff ``yes``; ``forms``: the
-    question forms to draw from (a curriculum may start with the global ones)."""
+def single_question(
+    seed: int,
+    yes: bool,
+    style_prob: float = 0.2,
+    forms: tuple[str, ...] = SINGLE_FORMS,
+    spec: WorldSpec = FULL,
+) -> VQAItem:
+    """A single-image question about the scene of ``seed`` in ``spec`` whose answer is Yes iff ``yes``;
+    ``forms``: the question forms to draw from (a curriculum may start with the global ones)."""
     rng = random.Random(seed)
-    scene = sample_scene(rng.getrandbits(63))
+    scene = sample_scene(rng.getrandbits(63), spec)
     form = rng.choice(forms)
     answer = "Yes" if yes else "No"
     if form == "style":
-        asked = rng.choice(STYLES[1:])
-        style = asked if yes else rng.choice([s for s in STYLES if s != asked])
+        asked = rng.choice(spec.styles[1:])
+        style = asked if yes else rng.choice([s for s in spec.styles if s != asked])
         scene = dataclasses.replace(scene, style=style)
         return VQAItem((scene,), f"Is the image {STYLE_PHRASE[asked]}? Answer yes or no.", answer, "single", form)
     if rng.random() < style_prob:  # also ask on styled pictures, where the asked attribute stays visible
-        styles = [s for s, forms in VISIBLE_UNDER.items() if form in forms]
+        styles = [s for s, forms in VISIBLE_UNDER.items() if form in forms and s in spec.styles]
         if styles:
             scene = dataclasses.replace(scene, style=rng.choice(styles))
     o = rng.choice(scene.objects)
-    at = f"the object at the {o.position_name()}"
+    at = f"the object at the {scene.position_name(o)}"
     truth = None
     if form in ("shape", "color", "texture", "size"):
-        allowed = {"shape": SHAPES, "color": tuple(COLORS), "texture": TEXTURES, "size": tuple(SIZES)}[form]
+        allowed = {"shape": spec.shapes, "color": spec.colors, "texture": spec.textures, "size": spec.size_names}[form]
         value = getattr(o, form) if yes else _other(rng, allowed, getattr(o, form))
         truth = TEXTURE_ADJ[o.texture] if form == "texture" else getattr(o, form)
         if form == "shape":
@@ -109,17 +105,20 @@ def single_question(seed: int, yes: bool, style_prob: float = 0.2, forms: tuple[
         else:
             q = f"Is {at} {value}?"
     elif form == "empty":
-        r, c = (o.row, o.col) if yes else rng.choice(free_cells(scene))  # at most 4 of 9 cells are taken
-        q = f"Is there an object at the {dataclasses.replace(o, row=r, col=c).position_name()}?"
+        r, c = (o.row, o.col) if yes else rng.choice(free_cells(scene))  # a spec never fills every cell
+        q = f"Is there an object at the {spec.cell_name(r, c)}?"
     elif form == "background":
-        if rng.random() < 0.5:
-            value = scene.background if yes else _other(rng, tuple(COLORS), scene.background)
+        if rng.random() < 0.5 or len(spec.textures) == 1:
+            value = scene.background if yes else _other(rng, spec.colors, scene.background)
             q, truth = f"Is the background {value}?", scene.background
         else:
-            value = scene.background_texture if yes else _other(rng, TEXTURES, scene.background_texture)
+            value = scene.background_texture if yes else _other(rng, spec.textures, scene.background_texture)
             q, truth = f"Is the background {TEXTURE_ADJ[value]}?", TEXTURE_ADJ[scene.background_texture]
     elif form == "count":
-        n = len(scene.objects) if yes else _other(rng, range(1, MAX_OBJECTS + 1), len(scene.objects))
+        counts = range(spec.min_objects, spec.max_objects + 1)
+        if len(counts) == 1:
+            counts = range(1, spec.max_objects + 2)
+        n = len(scene.objects) if yes else _other(rng, counts, len(scene.objects))
         q = f"Are there exactly {n} objects?" if n > 1 else "Is there exactly one object?"
     else:  # exists: the trainer's remove-verification form, with a near miss for No
         if yes:
@@ -138,10 +137,11 @@ def cell_differences(a: Scene, b: Scene) -> tuple[int, ...]:
     glob = (a.background, a.background_texture, a.style) != (b.background, b.background_texture, b.style)
     at_a = {(o.row, o.col): o for o in a.objects}
     at_b = {(o.row, o.col): o for o in b.objects}
-    return tuple(int(glob or at_a.get((r, c)) != at_b.get((r, c))) for r in range(GRID) for c in range(GRID))
+    g = a.spec.grid
+    return tuple(int(glob or at_a.get((r, c)) != at_b.get((r, c))) for r in range(g) for c in range(g))
 
 
-def difference_question(seed: int, yes: bool, mix: dict[str, float] | None = None) -> VQAItem:
+def difference_question(seed: int, yes: bool, mix: dict[str, float] | None = None, spec: WorldSpec = FULL) -> VQAItem:
     """A short two-image question about where the images differ — "Is the top left of the second image the same
     as in the first?" or "Is the second image the same as the first?" (Yes iff nothing differs there) — on an
     (original, edited) pair or an unchanged one: the stepping stone from comparing cells to the verification
@@ -149,7 +149,7 @@ def difference_question(seed: int, yes: bool, mix: dict[str, float] | None = Non
     rng = random.Random(seed)
     whole = rng.random() < 0.3
     for _ in range(100):
-        edit = sample_edit(rng.getrandbits(63), mix)
+        edit = sample_edit(rng.getrandbits(63), mix, spec=spec)
         a = edit.source
         if whole:  # Yes: the unchanged pair; No: the edit
             b = a if yes else edit.target
@@ -162,7 +162,7 @@ def difference_question(seed: int, yes: bool, mix: dict[str, float] | None = Non
         if not cells:
             continue
         cell = rng.choice(cells)
-        where = dataclasses.replace(a.objects[0], row=cell // GRID, col=cell % GRID).position_name()
+        where = spec.cell_name(cell // spec.grid, cell % spec.grid)
         q = f"Is the {where} of the second image the same as in the first? Answer yes or no."
         return VQAItem((a, b), q, "Yes" if yes else "No", "pair", "difference_cell")
     raise RuntimeError("no difference question found")
@@ -175,8 +175,8 @@ def _extra_change(scene: Scene, keep: int | None, rng: random.Random) -> Scene:
         params = propose_params(scene, kind, rng)
         if kind == "adjust":
             params.pop("size", None)
-            params.setdefault("row", rng.randrange(GRID))
-            params.setdefault("col", rng.randrange(GRID))
+            params.setdefault("row", rng.randrange(scene.spec.grid))
+            params.setdefault("col", rng.randrange(scene.spec.grid))
         if keep is not None and params.get("object") == keep:
             continue
         try:
@@ -194,10 +194,12 @@ def _edited_object(edit: Edit) -> int | None:
     return None
 
 
-def pair_question(seed: int, yes: bool, mix: dict[str, float] | None = None, templates: str = "train") -> VQAItem:
+def pair_question(
+    seed: int, yes: bool, mix: dict[str, float] | None = None, templates: str = "train", spec: WorldSpec = FULL
+) -> VQAItem:
     """A two-image (original, edited) question as the trainer asks it, whose answer is Yes iff ``yes``."""
     rng = random.Random(seed)
-    edit = sample_edit(rng.getrandbits(63), mix, templates)
+    edit = sample_edit(rng.getrandbits(63), mix, templates, spec=spec)
     src, tgt = edit.source, edit.target
     role = rng.choice(("verify", "identity")) if edit.kind != "remove" else "identity"
     if role == "verify":

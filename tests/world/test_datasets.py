@@ -96,7 +96,7 @@ def test_single_image_answers_agree_with_the_scene():
         if not m:
             continue
         (scene,) = it.scenes
-        (o,) = [o for o in scene.objects if o.position_name() == m.group(1)]
+        (o,) = [o for o in scene.objects if scene.position_name(o) == m.group(1)]
         word = m.group(2)
         adjective = {"plain": "solid", "striped": "stripes", "dotted": "dots", "checkered": "checker"}
         truth = word in (o.shape, o.color, o.size) or adjective.get(word) == o.texture

@@ -5,23 +5,48 @@ import json
 import pytest
 import torch
 
-from pairfree.world import COLORS, SHAPES, Obj, Scene, SceneError, caption, render, sample_scene
-from pairfree.world.scene import GRID, SIZES
+from pairfree.world import COLORS, FULL, LITE, Obj, Scene, SceneError, caption, render, sample_scene
+
+SPECS = pytest.mark.parametrize("spec", [FULL, LITE], ids=lambda s: s.name)
 
 
-def test_same_seed_same_scene_and_bytes():
-    a, b = sample_scene(123), sample_scene(123)
+@SPECS
+def test_same_seed_same_scene_and_bytes(spec):
+    a, b = sample_scene(123, spec), sample_scene(123, spec)
     assert a == b and a.to_json() == b.to_json()
     ia, _ = render([a], 32)
     ib, _ = render([b], 32)
     assert torch.equal(ia, ib)
-    assert sample_scene(124) != a
+    assert sample_scene(124, spec) != a
 
 
-def test_json_round_trip():
+@SPECS
+def test_json_round_trip(spec):
     for seed in range(20):
-        s = sample_scene(seed)
-        assert Scene.from_json(s.to_json()) == s
+        s = sample_scene(seed, spec)
+        assert Scene.from_json(s.to_json(), spec=spec) == s
+
+
+@SPECS
+def test_scenes_keep_to_their_spec(spec):
+    """Every sampled scene uses only its spec's vocabulary, grid and object count."""
+    for seed in range(200):
+        sc = sample_scene(seed, spec)
+        assert sc.spec == spec and spec.min_objects <= len(sc.objects) <= spec.max_objects
+        assert sc.background in spec.colors and sc.background_texture in spec.textures
+        for o in sc.objects:
+            assert o.shape in spec.shapes and o.color in spec.colors and o.texture in spec.textures
+            assert o.size in spec.size_names and 0 <= o.row < spec.grid and 0 <= o.col < spec.grid
+
+
+def test_a_lite_scene_is_refused_as_full_and_vice_versa():
+    d = Scene("blue", "dots", (Obj("star", "red", "solid", "large", 2, 2),)).to_dict()
+    with pytest.raises(SceneError, match="background_texture: unknown value 'dots'"):
+        Scene.from_dict(d, spec=LITE)
+    d = Scene("blue", "solid", (Obj("circle", "red", "solid", "small", 1, 1),), spec=LITE).to_dict()
+    assert Scene.from_dict(d, spec=LITE).spec == LITE
+    with pytest.raises(SceneError, match="size: unknown value"):
+        Scene.from_dict({**d, "objects": [{**d["objects"][0], "size": "medium"}]}, spec=LITE)
 
 
 @pytest.mark.parametrize(
@@ -36,7 +61,7 @@ def test_json_round_trip():
     ],
 )
 def test_bad_scene_names_the_field(mutate, message):
-    d = sample_scene(7, min_objects=2).to_dict()
+    d = next(sc for sc in map(sample_scene, range(100)) if len(sc.objects) == 2).to_dict()
     mutate(d)
     with pytest.raises(
         SceneError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")
@@ -56,7 +81,7 @@ def test_masks_are_object_coverage(resolution):
     image, masks = render([scene], resolution)
     m = masks[0, 0]
     # square half-extent 0.85 * 0.155 of the canvas -> area (2 * 0.85 * 0.155)^2 of the canvas
-    expect = (2 * 0.85 * SIZES["large"]) ** 2 * resolution**2
+    expect = (2 * 0.85 * FULL.half_extent("large")) ** 2 * resolution**2
     assert abs(m.sum().item() - expect) < 0.05 * expect
     outside = masks[0].sum(0) == 0
     blue = torch.tensor(COLORS["blue"]) / 255
@@ -67,15 +92,24 @@ def test_masks_are_object_coverage(resolution):
     assert masks[0, 1:].abs().sum() == 0
 
 
-def test_every_shape_renders_inside_its_cell():
-    for shape in SHAPES:
-        scene = Scene("white", "solid", (Obj(shape, "black", "solid", "large", 0, 2),))
+@SPECS
+def test_every_shape_renders_inside_its_cell(spec):
+    g = spec.grid
+    for shape in spec.shapes:
+        scene = Scene("white", "solid", (Obj(shape, "black", "solid", "large", 0, g - 1),), spec=spec)
         _, masks = render([scene], 64)
         m = masks[0, 0]
         assert m.sum() > 20, shape
         ys, xs = torch.nonzero(m, as_tuple=True)
-        cell = 64 / GRID
-        assert ys.max() < cell and xs.min() >= 2 * cell, shape  # top-right cell only
+        cell = 64 / g
+        assert ys.max() < cell and xs.min() >= (g - 1) * cell, shape  # top-right cell only
+
+
+def test_a_batch_of_two_worlds_is_refused():
+    from pairfree.world.spec import SpecError
+
+    with pytest.raises(SpecError, match="one batch holds scenes of worlds"):
+        render([sample_scene(0, FULL), sample_scene(0, LITE)], 32)
 
 
 def test_batched_equals_single():
