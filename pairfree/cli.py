@@ -23,7 +23,6 @@ def _demo(args) -> int:
 
 def _world_sample(args) -> int:
     from pairfree.world.grid import save_scene_grid
-
     from pairfree.world.spec import get_spec
 
     spec = get_spec(args.spec)
@@ -38,7 +37,6 @@ def _world_sample(args) -> int:
 
 def _world_edits(args) -> int:
     from pairfree.world.grid import save_edit_grid
-
     from pairfree.world.spec import get_spec
 
     path = save_edit_grid(
@@ -55,7 +53,6 @@ def _world_edits(args) -> int:
 
 def _world_bench(args) -> int:
     from pairfree.world.bench import save_bench
-
     from pairfree.world.spec import get_spec
 
     spec = get_spec(args.spec)
@@ -65,6 +62,20 @@ def _world_bench(args) -> int:
         f"wrote {out}/cases.jsonl, tensors.safetensors, manifest.json (world {spec.name!r}: "
         f"{args.n_per_type} cases x 8 edit types at {r}x{r}, held-out templates)"
     )
+    return 0
+
+
+def _world_bars(args) -> int:
+    from pathlib import Path
+
+    from pairfree.eval.bars import collect, write_bars
+    from pairfree.shipped import WEIGHTS_DIR, world_prefix
+    from pairfree.world.spec import get_spec
+
+    rows = write_bars(Path(args.out), collect(WEIGHTS_DIR, world_prefix(get_spec(args.spec)), Path(args.yardstick)))
+    for key, r in rows.items():
+        print(f"{key:24s} {r['value']:>9.4f} {r['sense']} {r['threshold']:<6g} {'met' if r['met'] else 'NOT met'}")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -181,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spec", default="lite", help=SPEC_HELP)
     p.set_defaults(fn=_world_bench)
+    p = world.add_parser("bars", help="the world's calibration bars, read from the shipped models' metrics files")
+    p.add_argument("--spec", default="lite", help=SPEC_HELP)
+    p.add_argument("--yardstick", default="results/lite/yardstick", help="`pairfree eval` dir of the yardstick")
+    p.add_argument("--out", default="results/lite/bars.json")
+    p.set_defaults(fn=_world_bars)
 
     p = sub.add_parser("presets", help="build model presets on the meta device and print their parameter counts")
     p.add_argument("paths", nargs="+", help="preset YAML files, e.g. configs/models/*.yaml")
@@ -236,7 +252,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, ImageError, FileNotFoundError, SpecError, SceneError) as e:  # bad input: the message names it
+    except (
+        ConfigError,
+        CheckpointError,
+        ImageError,
+        FileNotFoundError,
+        SpecError,
+        SceneError,
+    ) as e:  # bad input: the message names it
         print(f"pairfree {args.command}: error: {e}", file=sys.stderr)
         return 2
 

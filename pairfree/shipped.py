@@ -12,10 +12,14 @@ KINDS = ("teacher", "judge", "evaluator", "editor")
 NAMES = tuple(f"{world}-{kind}" for world in ("lite", "shapes") for kind in KINDS)
 
 
+def world_prefix(spec) -> str:
+    """The prefix of world ``spec``'s shipped models: ``shapes`` for the full world, else the spec's name."""
+    return "shapes" if spec.name == "full" else spec.name
+
+
 def model_name(kind: str, spec) -> str:
-    """The shipped name of world ``spec``'s model ``kind``: ``shapes-<kind>`` for the full world, ``<spec>-<kind>``
-    otherwise (``lite-teacher``)."""
-    return f"{'shapes' if spec.name == 'full' else spec.name}-{kind}"
+    """The shipped name of world ``spec``'s model ``kind``: ``shapes-teacher``, ``lite-judge``..."""
+    return f"{world_prefix(spec)}-{kind}"
 
 
 def pretrained(name: str, path: str | Path | None = None):

@@ -155,6 +155,7 @@ def markdown_table(results: dict[str, dict]) -> str:
 def evaluate(model_dir, bench_dir, out_dir, steps: int = 4, baselines=BASELINES, use_judge: bool = True) -> dict:
     """Evaluate the editor in ``model_dir`` and the baselines; writes metrics.json, metrics.md, grid.png."""
     from pairfree.edit import EditPipeline
+    from pairfree.pretrain.common import command_line
     from pairfree.shipped import WEIGHTS_DIR, model_name, pretrained
     from pairfree.train.samples import save_edit_rows
     from pairfree.world.bench import load_bench
@@ -184,6 +185,9 @@ def evaluate(model_dir, bench_dir, out_dir, steps: int = 4, baselines=BASELINES,
     systems["ground truth (ceiling)"] = bench.targets * 2 - 1  # what the evaluator's own errors allow
     results = {name: measure(evaluator, bench, outs, judge) for name, outs in systems.items()}
     (out / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    (out / "command.txt").write_text(command_line() + "\n")
+    if model_dir is not None and (Path(model_dir) / "train.json").is_file():  # how the editor was trained, beside it
+        (out / "train.json").write_text((Path(model_dir) / "train.json").read_text())
     (out / "metrics.md").write_text(markdown_table(results))
     main = systems.get("editor", next(iter(systems.values())))
     pick = [

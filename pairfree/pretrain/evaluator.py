@@ -98,8 +98,10 @@ def scene_read_right(scene, seen) -> bool:
     key = lambda sc: (
         sc.style,
         tuple(getattr(sc, k) for k in ("background", "background_texture") if k not in hidden),
-        sorted((o.row, o.col, *(getattr(o, k) for k in ("shape", "color", "texture", "size") if k not in hidden))
-               for o in sc.objects),
+        sorted(
+            (o.row, o.col, *(getattr(o, k) for k in ("shape", "color", "texture", "size") if k not in hidden))
+            for o in sc.objects
+        ),
     )
     return key(scene) == key(seen)
 
@@ -109,9 +111,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     spec = get_spec(cfg.world)
     name = model_name("evaluator", spec)
     corruption = cfg.model.get("corrupt", True)
-    model = Evaluator(
-        EvaluatorConfig(**{k: v for k, v in cfg.model.items() if k != "corrupt"}, world=spec.to_dict())
-    )
+    model = Evaluator(EvaluatorConfig(**{k: v for k, v in cfg.model.items() if k != "corrupt"}, world=spec.to_dict()))
     seed = cfg.loop.seed
     source = Prefetch(
         lambda step: batch_of(
@@ -130,7 +130,9 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     final = result["ema"] or model
     plain = evaluate(final, seed, cfg.eval_items, cfg.resolution, style_prob=0.0)
     styled = evaluate(final, seed + 1, cfg.eval_items, cfg.resolution, style_prob=1.0)
-    noisy = {f"{s:g}": evaluate(final, seed, cfg.eval_items, cfg.resolution, 0.3, noise=s)["scene"] for s in NOISE_SIGMAS}
+    noisy = {
+        f"{s:g}": evaluate(final, seed, cfg.eval_items, cfg.resolution, 0.3, noise=s)["scene"] for s in NOISE_SIGMAS
+    }
     blurred = evaluate(final, seed, cfg.eval_items, cfg.resolution, 0.3, blur_px=0.7)["scene"]
     metrics = {
         "unstyled": plain,
@@ -147,7 +149,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     attrs = ["present", "shape", "color", "texture", "size", "background", "background_texture"]
     table = "\n".join(
         ["| noise σ (images in [-1, 1]) | PSNR (dB) | whole scene read right |", "|---|---|---|"]
-        + [f"| {s} | {'∞' if float(s) == 0 else f'{20 * math.log10(2 / float(s)):.1f}'} | {v:.3f} |" for s, v in noisy.items()]
+        + [
+            f"| {s} | {'∞' if float(s) == 0 else f'{20 * math.log10(2 / float(s)):.1f}'} | {v:.3f} |"
+            for s, v in noisy.items()
+        ]
         + [f"| blur 0.7 px | – | {blurred:.3f} |"]
     )
     write_card(

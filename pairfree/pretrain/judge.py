@@ -23,6 +23,7 @@ from pairfree.world.edits import render_edits
 from pairfree.world.render import render
 from pairfree.world.scene import sample_scene
 from pairfree.world.spec import FULL, WorldSpec, get_spec, save_spec
+
 TRAINING_KEYS = (
     "pair_prob",
     "difference_prob",

@@ -10,6 +10,7 @@ import torch
 
 from pairfree.config import add_run_arguments, load_config
 from pairfree.train.config import TrainConfig
+from pairfree.world.spec import get_spec
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

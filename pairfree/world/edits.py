@@ -182,7 +182,9 @@ def apply_edit(scene: Scene, kind: str, params: dict, where: str = "edit") -> Sc
         if not all(isinstance(v, int) for v in (r, c)):
             raise EditError(f"{where}.params: row and col must be integers, got {r!r}, {c!r}")
         if not (0 <= r < spec.grid and 0 <= c < spec.grid):
-            raise EditError(f"{where}: impossible move: cell (row={r}, col={c}) is off the {spec.grid}x{spec.grid} canvas")
+            raise EditError(
+                f"{where}: impossible move: cell (row={r}, col={c}) is off the {spec.grid}x{spec.grid} canvas"
+            )
         if (r, c) == (objs[i].row, objs[i].col):
             raise noop(f"object {i} is already at (row={r}, col={c})")
         if (r, c) not in free_cells(scene):

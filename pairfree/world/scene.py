@@ -1,7 +1,8 @@
 """Scenes of the shapes world: a background and a few objects on a grid of cells, as plain records.
 
-A scene carries its :class:`~pairfree.world.spec.WorldSpec` (the vocabulary and grid it is drawn from). Objects sit in distinct cells (so they never overlap and "top left" / "move right" are exact); each has a
-shape, colour, texture and size. A scene serialises to JSON and a seed reproduces it.
+A scene carries its :class:`~pairfree.world.spec.WorldSpec` (the vocabulary and grid it is drawn from). Objects sit
+in distinct cells (so they never overlap and "top left" / "move right" are exact); each has a shape, colour, texture
+and size. A scene serialises to JSON and a seed reproduces it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class Obj:
     size: str
     row: int
     col: int
-
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,9 @@ def sample_object(
     rng: random.Random, row: int, col: int, avoid_color: str | None = None, spec: WorldSpec = FULL
 ) -> Obj:
     colors = [c for c in spec.colors if c != avoid_color]
-    return Obj(rng.choice(spec.shapes), rng.choice(colors), rng.choice(spec.textures), rng.choice(spec.size_names), row, col)
+    return Obj(
+        rng.choice(spec.shapes), rng.choice(colors), rng.choice(spec.textures), rng.choice(spec.size_names), row, col
+    )
 
 
 def sample_scene(seed: int, spec: WorldSpec = FULL) -> Scene:

@@ -99,7 +99,7 @@ class WorldSpec:
         return dict(self.sizes)[size]
 
     def cell_name(self, row: int, col: int) -> str:
-        """"top left", "center", "bottom right" ... in this spec's grid."""
+        """ "top left", "center", "bottom right" ... in this spec's grid."""
         rows, cols = CELL_NAMES[self.grid]
         if self.grid == 3 and (row, col) == (1, 1):
             return "center"
