@@ -1,6 +1,7 @@
 """Pretraining: the loop resumes exactly, checkpoints are atomic, the three commands run end to end (tiny), and
 the shipped models load and pass a sanity check."""
 
+import dataclasses
 import json
 
 import pytest
@@ -324,3 +325,77 @@ def test_teacher_init_starts_from_saved_weights_and_refuses_a_mismatch(tmp_path,
     missing = [*_tiny_teacher_sets(tmp_path / "none"), f"init={tmp_path / 'nowhere'}"]
     assert cli([*teacher_yaml, *missing]) == 2
     assert "is not a teacher directory" in capsys.readouterr().err
+
+
+def test_ema_warm_up_exports_the_trained_model_not_the_initialisation(tmp_path):
+    """After a short run the EMA (decay 0.999, warmed up) is nearer the raw weights than the initialisation; a
+    0.999 EMA without warm-up would still hold 0.999^N of the initialisation."""
+    from pairfree.pretrain.loop import ema_decay
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    init = [p.detach().clone() for p in model.parameters()]
+
+    def batch(step):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(16, 4, generator=g)
+        return x, 3 * x.flip(1)
+
+    cfg = LoopConfig(steps=200, lr=3e-2, warmup=1, ema=0.999, ckpt_every=1000, log_every=50, seed=0)
+    out = train(model, batch, lambda m, b: ((m(b[0]) - b[1]).square().mean(), {}), cfg, tmp_path)
+    dist = lambda a, b: sum((x - y).square().sum() for x, y in zip(a, b)).sqrt()
+    ema, raw = list(out["ema"].parameters()), list(model.parameters())
+    assert dist(ema, raw) < dist(ema, init)
+    assert ema_decay(0, 0.999) == pytest.approx(0.1) and ema_decay(10**6, 0.999) == 0.999  # (1+s)/(10+s), capped
+
+
+def test_learning_curve_rows_report_raw_and_ema(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    cfg = LoopConfig(steps=4, lr=1e-2, warmup=1, ema=0.9, ckpt_every=10, log_every=10, eval_every=2, seed=0)
+    batch = lambda step: torch.ones(3, 2)
+    train(
+        model,
+        batch,
+        lambda m, b: (m(b).square().mean(), {}),
+        cfg,
+        tmp_path,
+        eval_fn=lambda m: {"w": m.weight.sum().item()},
+    )
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    curve = [r for r in rows if "raw/w" in r]
+    assert [r["step"] for r in curve] == [2, 4] and all("ema/w" in r and "minutes" in r for r in curve)
+    assert curve[-1]["raw/w"] == pytest.approx(float(model.weight.sum()))
+
+
+def test_lite_evaluator_reads_what_its_targets_say():
+    """An evaluator of the lite world has lite-sized heads; logits made from a scene's targets read back as that scene."""
+    from pairfree.evaluator import CELL_HEADS, Evaluator, EvaluatorConfig
+    from pairfree.world.spec import LITE
+
+    ev = Evaluator(EvaluatorConfig(width=8, world=LITE.to_dict()))
+    assert ev.cell_heads["shape"].out_features == len(LITE.shapes) and ev.cell_pos.shape[0] == 4
+    scenes = [pairfree.world.sample_scene(s, LITE) for s in range(5)]
+    t = targets(scenes)
+    logits = {}
+    for k, y in t.items():
+        n = len(ev.vocab[k])
+        one_hot = torch.nn.functional.one_hot(y.clamp_min(0), n).float()
+        logits[k] = one_hot
+    ev.forward = lambda images: logits  # read() decodes whatever forward returns
+    row_major = [dataclasses.replace(s, objects=tuple(sorted(s.objects, key=lambda o: (o.row, o.col)))) for s in scenes]
+    assert ev.read(torch.zeros(5, 3, 32, 32)) == row_major
+    assert set(CELL_HEADS) <= set(t)
+
+
+def test_corruptions_blur_and_noise():
+    from pairfree.pretrain.evaluator import blur, corrupt
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    torch.testing.assert_close(blur(x, torch.zeros(4)), x)  # σ → 0: the identity
+    flat = torch.full((2, 3, 8, 8), 0.3)
+    torch.testing.assert_close(blur(flat, torch.ones(2)), flat)  # a blur keeps a flat image
+    y = corrupt(x, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and (y - x).abs().max() < 2.0 and not torch.equal(x, y)
+    torch.testing.assert_close(y, corrupt(x, torch.Generator().manual_seed(1)))  # seeded

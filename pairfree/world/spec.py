@@ -69,7 +69,7 @@ class WorldSpec:
         for key, allowed, least in (
             ("shapes", ALL_SHAPES, 2),
             ("colors", tuple(PALETTE), 3),
-            ("textures", ALL_TEXTURES, 1),
+            ("textures", ALL_TEXTURES, 2),  # every edit type must be possible: a texture edit needs two
             ("styles", ALL_STYLES, 1),
         ):
             values = getattr(self, key)
@@ -80,6 +80,8 @@ class WorldSpec:
                 )
         if self.textures[0] != "solid" or self.styles[0] != "none":
             raise SpecError(f"{where}: textures must start with 'solid' and styles with 'none'")
+        if [h for _, h in self.sizes] != sorted(h for _, h in self.sizes):
+            raise SpecError(f"{where}.sizes: expected smallest first, got {self.sizes}")
         if not self.sizes or any(not 0 < h < 0.5 / self.grid + 1e-9 for _, h in self.sizes):
             raise SpecError(f"{where}.sizes: half-extents must lie in (0, {0.5 / self.grid:.3f}] (inside a cell)")
         if not 1 <= self.min_objects <= self.max_objects < self.grid * self.grid:
@@ -139,7 +141,7 @@ class WorldSpec:
         d = dict(d)
         if not isinstance(d["sizes"], dict):
             raise SpecError(f"{where}.sizes: expected a mapping name -> half-extent, got {d['sizes']!r}")
-        d["sizes"] = tuple((str(n), float(h)) for n, h in d["sizes"].items())
+        d["sizes"] = tuple(sorted(((str(n), float(h)) for n, h in d["sizes"].items()), key=lambda s: s[1]))
         for k in ("shapes", "colors", "textures", "styles"):
             d[k] = tuple(d[k])
         return WorldSpec(**d)
