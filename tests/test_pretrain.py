@@ -369,7 +369,7 @@ def test_learning_curve_rows_report_raw_and_ema(tmp_path):
 
 
 def test_lite_evaluator_reads_what_its_targets_say():
-    """An evaluator of the lite world has lite-sized heads; logits made from a scene's targets read back as that scene."""
+    """A lite evaluator has lite-sized heads; logits made from a scene's targets read back as that scene."""
     from pairfree.evaluator import CELL_HEADS, Evaluator, EvaluatorConfig
     from pairfree.world.spec import LITE
 

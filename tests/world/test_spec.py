@@ -30,7 +30,7 @@ def test_distinct_scenes_matches_enumeration():
     other than the background's."""
     count = 0
     cells = [(r, c) for r in range(TINY.grid) for c in range(TINY.grid)]
-    for bg, tex, style in itertools.product(TINY.colors, TINY.textures, TINY.styles):
+    for bg, _texture, _style in itertools.product(TINY.colors, TINY.textures, TINY.styles):
         objects = [o for o in itertools.product(TINY.shapes, TINY.colors, TINY.textures, TINY.size_names) if o[1] != bg]
         for n in range(TINY.min_objects, TINY.max_objects + 1):
             for placed in itertools.combinations(cells, n):
