@@ -18,7 +18,7 @@ def _doctor(args) -> int:
 def _demo(args) -> int:
     from pairfree import demo
 
-    return demo.run(out_dir=args.out, seed=args.seed, minutes=args.minutes)
+    return demo.run(out_dir=args.out, seed=args.seed, minutes=args.minutes, world=args.world)
 
 
 def _world_sample(args) -> int:
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=14.0, help="editor training time (0: skip the editor)")
+    p.add_argument("--world", default="lite", help=SPEC_HELP)
     p.set_defaults(fn=_demo)
 
     p = sub.add_parser("world", help="the shapes world")

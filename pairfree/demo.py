@@ -2,9 +2,10 @@
 
 The environment report; modulated RMSNorm on every backend that can run here, checked against an fp64 reference
 (output and all gradients) and timed against eager PyTorch; captioned grids of shapes-world scenes and edits; the
-shipped models on held-out data; and the pair-free editor trained from the shipped teacher for ``minutes``, then
-evaluated against the identity and teacher baselines. Results go to ``<out>/`` (``demo.json``, ``demo.md``, grids,
-``editor_metrics.md``, ``editor_grid.png``, ``editor_loss.png``, the run in ``editor_run/``).
+shipped models of the world (``lite`` by default) on held-out data; and the pair-free editor trained from the
+shipped teacher for ``minutes``, then evaluated against the identity and teacher baselines. Results go to
+``<out>/`` (``demo.json``, ``demo.md``, grids, ``editor_metrics.md``, ``editor_grid.png``, ``editor_loss.png``, the
+run in ``editor_run/``).
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ DEMO_MIX = {"color": 0, "texture": 0, "background": 1, "add": 0, "remove": 0, "r
 
 
 def editor_overrides(run_dir, seed: int, minutes: float) -> list[str]:
-    """The demo's ``--set`` overrides of ``configs/shapes/editor.yaml``: its run directory, seed, time and mix."""
+    """The demo's ``--set`` overrides of the world's ``editor.yaml``: its run directory, seed, time and mix."""
     mix = [f"mix.{kind}={share}" for kind, share in DEMO_MIX.items()]
     return [f"out={run_dir}", f"seed={seed}", f"max_minutes={minutes}", *mix]
 
 
-def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0) -> int:
+def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0, world: str = "lite") -> int:
+    from pairfree.world.spec import get_spec
+
+    spec = get_spec(world)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(doctor.format_report(doctor.collect()))
@@ -102,16 +106,16 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0) -> 
     # 3. the shapes world: scenes with captions at 32x32 and 64x64
     from pairfree.world.grid import save_edit_grid, save_scene_grid
 
-    grids = [str(save_scene_grid(out / f"world_{r}.png", n=16, resolution=r, seed=seed)) for r in (32, 64)]
-    print(f"\n== shapes world: 16 scenes with captions -> {grids[0]}, {grids[1]} ==")
-    grids.append(str(save_edit_grid(out / "edits_64.png", n=16, resolution=64, seed=seed)))
-    print(f"== shapes world: 16 edits (input | instruction | ground truth | mask) -> {grids[-1]} ==")
+    grids = [str(save_scene_grid(out / f"world_{r}.png", n=16, resolution=r, seed=seed, spec=spec)) for r in (32, 64)]
+    print(f"\n== {spec.name} world: 16 scenes with captions -> {grids[0]}, {grids[1]} ==")
+    grids.append(str(save_edit_grid(out / "edits_64.png", n=16, resolution=64, seed=seed, spec=spec)))
+    print(f"== {spec.name} world: 16 edits (input | instruction | ground truth | mask) -> {grids[-1]} ==")
 
     # 4. the shipped models on held-out data (when present in the package)
-    shipped = _shipped_models(out, seed)
+    shipped = _shipped_models(out, seed, spec)
 
     # 5. the editor: pair-free training from the shipped teacher and judge, then the benchmark vs baselines
-    editor = _editor(out, seed, minutes) if minutes > 0 else None
+    editor = _editor(out, seed, minutes, spec) if minutes > 0 else None
 
     result = {
         "shipped_models": shipped,
@@ -121,7 +125,8 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0) -> 
         "timing_ms": timings,
         "auto_backend": auto,
         "seed": seed,
-        "command": f"pairfree demo --out {out_dir} --seed {seed} --minutes {minutes}",
+        "world": spec.name,
+        "command": f"pairfree demo --out {out_dir} --seed {seed} --minutes {minutes} --world {spec.name}",
     }
     (out / "demo.json").write_text(json.dumps(result, indent=1))
     md = ["| backend | dtype | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -131,24 +136,25 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0) -> 
     return 0
 
 
-def _editor(out: Path, seed: int, minutes: float) -> dict | None:
-    """Train the editor for ``minutes`` (config ``configs/shapes/editor.yaml`` on the sub-types of ``DEMO_MIX``),
+def _editor(out: Path, seed: int, minutes: float, spec) -> dict | None:
+    """Train the editor for ``minutes`` (the world's ``editor.yaml`` on the sub-types of ``DEMO_MIX``),
     evaluate it and both baselines on a 25-per-type benchmark of all sub-types (held-out templates); writes
     editor_grid.png, editor_loss.png, editor_metrics.md."""
     import shutil
 
     from pairfree.config import load_config
     from pairfree.eval.editing import evaluate, markdown_table
-    from pairfree.shipped import WEIGHTS_DIR
+    from pairfree.shipped import WEIGHTS_DIR, model_name, world_prefix
     from pairfree.train.config import TrainConfig
     from pairfree.train.models import load_models
     from pairfree.train.trainer import EditorTrainer
     from pairfree.world.bench import save_bench
 
-    if not (WEIGHTS_DIR / "shapes-judge").is_dir():
-        print("\n== editor: skipped (no shipped shapes-judge in this package) ==")
+    missing = [n for n in (model_name(k, spec) for k in ("teacher", "judge")) if not (WEIGHTS_DIR / n).is_dir()]
+    if missing:
+        print(f"\n== editor: skipped (no shipped {', '.join(missing)} in this package) ==")
         return None
-    config = Path(__file__).resolve().parents[1] / "configs" / "shapes" / "editor.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / world_prefix(spec) / "editor.yaml"
     if not config.is_file():
         print(f"\n== editor: skipped ({config} not found: run the demo from a source checkout) ==")
         return None
@@ -158,8 +164,8 @@ def _editor(out: Path, seed: int, minutes: float) -> dict | None:
     kinds = ", ".join(kind for kind, share in DEMO_MIX.items() if share)
     print(f"\n== editor: pair-free training for at most {minutes:g} min ({config.name}, {kinds} edits only:"
           f" --set {' '.join(sets)}) ==")  # fmt: skip
-    EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic)).run()
-    bench = save_bench(out / "bench", n_per_type=25, seed=seed)
+    EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic, world=spec)).run()
+    bench = save_bench(out / "bench", n_per_type=25, seed=seed, spec=spec)
     results = evaluate(run_dir / "model", bench, out / "editor_eval")
     print(markdown_table({k: {"overall": v["overall"]} for k, v in results.items()}))
     for src, dst in (("editor_eval/grid.png", "editor_grid.png"), ("editor_run/loss.png", "editor_loss.png"),
@@ -170,32 +176,33 @@ def _editor(out: Path, seed: int, minutes: float) -> dict | None:
     return overall
 
 
-def _shipped_models(out: Path, seed: int) -> dict:
-    """Held-out checks of the shipped evaluator, judge and teacher (each skipped if not shipped)."""
+def _shipped_models(out: Path, seed: int, spec) -> dict:
+    """Held-out checks of world ``spec``'s shipped evaluator, judge and teacher (each skipped if not shipped)."""
     import torch
 
     import pairfree
-    from pairfree.shipped import WEIGHTS_DIR
+    from pairfree.shipped import WEIGHTS_DIR, model_name
 
     res = {}
-    print("\n== shipped models (held-out data) ==")
-    if (WEIGHTS_DIR / "shapes-evaluator").is_dir():
+    name = {kind: model_name(kind, spec) for kind in ("evaluator", "judge", "teacher")}
+    print(f"\n== shipped models of the {spec.name} world (held-out data) ==")
+    if (WEIGHTS_DIR / name["evaluator"]).is_dir():
         from pairfree.evaluator import accuracy
         from pairfree.pretrain.evaluator import batch_of, scenes_for
 
-        ev = pairfree.pretrained("shapes-evaluator")
-        b = batch_of(scenes_for(seed + 99, "val", 0, 128, 0.0), 32)
+        ev = pairfree.pretrained(name["evaluator"])
+        b = batch_of(scenes_for(seed + 99, "val", 0, 128, 0.0, spec), spec.resolution)
         with torch.no_grad():
             res["evaluator attribute accuracy"] = accuracy(ev(b["images"]), b["targets"])
         print(
             "evaluator accuracy on 128 held-out scenes:",
             ", ".join(f"{k} {v:.3f}" for k, v in res["evaluator attribute accuracy"].items()),
         )
-    if (WEIGHTS_DIR / "shapes-judge").is_dir():
+    if (WEIGHTS_DIR / name["judge"]).is_dir():
         from pairfree.world.datasets import JudgeVQADataset, collate_vqa
 
-        judge = pairfree.pretrained("shapes-judge")
-        ds = JudgeVQADataset(64, seed=seed + 99, split="val")
+        judge = pairfree.pretrained(name["judge"])
+        ds = JudgeVQADataset(64, seed=seed + 99, split="val", spec=spec)
         b = collate_vqa(ds.__getitems__(list(range(64))))
         with torch.no_grad():
             ok = (judge(b["images"], b["question"]).argmax(-1) == b["label"]).tolist()
@@ -206,12 +213,12 @@ def _shipped_models(out: Path, seed: int) -> dict:
             f"judge on 64 held-out questions: single-image {res['judge single accuracy']:.3f}, "
             f"two-image {res['judge pair accuracy']:.3f}"
         )
-    if (WEIGHTS_DIR / "shapes-teacher").is_dir():
+    if (WEIGHTS_DIR / name["teacher"]).is_dir() and (WEIGHTS_DIR / name["evaluator"]).is_dir():
         from pairfree.pretrain.teacher import evaluate
 
-        teacher = pairfree.pretrained("shapes-teacher")
-        ev = pairfree.pretrained("shapes-evaluator")
-        m = evaluate(teacher, ev, seed + 99, 16, 32, grid_out=out / "teacher_samples.png")
+        teacher = pairfree.pretrained(name["teacher"])
+        ev = pairfree.pretrained(name["evaluator"])
+        m = evaluate(teacher, ev, seed + 99, 16, spec.resolution, grid_out=out / "teacher_samples.png", spec=spec)
         res["teacher caption attribute match"] = m["caption attribute match"]
         print(
             f"teacher: 16 held-out captions, evaluator-read attribute match {m['caption attribute match']:.3f} "
