@@ -399,3 +399,24 @@ def test_corruptions_blur_and_noise():
     y = corrupt(x, torch.Generator().manual_seed(1))
     assert y.shape == x.shape and (y - x).abs().max() < 2.0 and not torch.equal(x, y)
     torch.testing.assert_close(y, corrupt(x, torch.Generator().manual_seed(1)))  # seeded
+
+
+def test_caption_match_holds_objects_to_cells_only_when_the_caption_states_them():
+    """A reading with the right objects in swapped cells scores fully against a caption without positions and
+    loses the objects' attributes against one that states the cells."""
+    from pairfree.pretrain.teacher import caption_attribute_match, states_positions
+    from pairfree.world import caption
+    from pairfree.world.spec import LITE
+
+    a, b = Obj("circle", "red", "solid", "large", 0, 0), Obj("cross", "blue", "stripes", "small", 1, 1)
+    scene = Scene("yellow", "solid", (a, b), spec=LITE)
+    swapped = Scene("yellow", "solid", (dataclasses.replace(a, row=1, col=1), dataclasses.replace(b, row=0, col=0)))
+    assert caption_attribute_match(scene, scene) == (11, 11)  # 2 objects x 4 attributes + background, texture, style
+    assert caption_attribute_match(scene, swapped, placed=False) == (11, 11)
+    assert caption_attribute_match(scene, swapped, placed=True) == (3, 11)
+    per = {}
+    caption_attribute_match(scene, Scene("yellow", "solid", (a,)), per, placed=False)
+    assert per["present"] == [1, 2] and per["color"] == [1, 2]
+    texts = {caption(scene, s) for s in range(40)}
+    assert {states_positions(scene, t) for t in texts} == {True, False}
+    assert all(states_positions(scene, t) == ("at the top left" in t) for t in texts)

@@ -8,6 +8,7 @@ cell; background colour and texture; style) the image shows.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -75,14 +76,36 @@ def sample(
     return x.clamp(-1, 1)
 
 
-def caption_attribute_match(scene, seen, per: dict | None = None) -> tuple[int, int]:
-    """How many of the scene's attributes the evaluator's reading ``seen`` reproduces (and how many there are);
-    ``per`` (optional) accumulates ``[hits, total]`` per attribute, plus objects read where none was drawn."""
-    got = {(o.row, o.col): o for o in seen.objects}
+def states_positions(scene, text: str) -> bool:
+    """Whether caption ``text`` says where every object of ``scene`` is (only one caption template does)."""
+    return all(f"at the {scene.position_name(o)}" in text for o in scene.objects)
+
+
+def _assignments(scene, seen, placed: bool):
+    """Candidate pairings (caption object -> read object or None): by cell when the caption states positions, else
+    every one-to-one assignment (a caption without positions cannot be held to a cell)."""
+    if placed:
+        got = {(o.row, o.col): o for o in seen.objects}
+        yield [got.get((o.row, o.col)) for o in scene.objects]
+        return
+    pool = list(seen.objects) + [None] * len(scene.objects)
+    for order in itertools.permutations(range(len(pool)), len(scene.objects)):
+        yield [pool[i] for i in order]
+
+
+def caption_attribute_match(scene, seen, per: dict | None = None, placed: bool = True) -> tuple[int, int]:
+    """How many of the caption's attributes the evaluator's reading ``seen`` reproduces (and how many there are):
+    each object's shape, colour, texture and size — at its cell when the caption states positions (``placed``),
+    else under the best one-to-one pairing of objects — plus background colour, texture and style. ``per``
+    (optional) accumulates ``[hits, total]`` per attribute, plus objects read beyond those the caption names."""
+    attrs = ("shape", "color", "texture", "size")
+    score = lambda pairs: sum(
+        s is not None and getattr(s, k) == getattr(o, k) for o, s in zip(scene.objects, pairs) for k in attrs
+    )
+    best = max(_assignments(scene, seen, placed), key=score)
     hit = total = 0
     per = per if per is not None else {}
-    for o in scene.objects:
-        s = got.get((o.row, o.col))
+    for o, s in zip(scene.objects, best):
         for k in ("present", "shape", "color", "texture", "size"):
             ok = s is not None and (k == "present" or getattr(s, k) == getattr(o, k))
             acc = per.setdefault(k, [0, 0])
@@ -95,8 +118,7 @@ def caption_attribute_match(scene, seen, per: dict | None = None) -> tuple[int, 
         acc[0], acc[1] = acc[0] + ok, acc[1] + 1
         total, hit = total + 1, hit + ok
     extra = per.setdefault("extra objects", [0, 0])
-    drawn = {(o.row, o.col) for o in scene.objects}
-    extra[0], extra[1] = extra[0] + sum((o.row, o.col) not in drawn for o in seen.objects), extra[1] + 1
+    extra[0], extra[1] = extra[0] + max(0, len(seen.objects) - len(scene.objects)), extra[1] + 1
     return hit, total
 
 
@@ -123,20 +145,25 @@ def evaluate(
         scenes.append(sc)
         caps.append(caption(sc, rng.getrandbits(32)))
     hit = total = 0
-    images, readings, per = [], [], {}
+    images, readings, per, by_caption = [], [], {}, {}
     for start in range(0, n, 50):
         x = sample(teacher, caps[start : start + 50], steps, cfg_scale, resolution=resolution, seed=start)
         images.append(x)
         seen_batch = evaluator.read(x)
         readings += seen_batch
-        for sc, seen in zip(scenes[start : start + 50], seen_batch):
-            h, t = caption_attribute_match(sc, seen, per)
+        for sc, cap, seen in zip(scenes[start : start + 50], caps[start : start + 50], seen_batch):
+            placed = states_positions(sc, cap)
+            h, t = caption_attribute_match(sc, seen, per, placed)
             hit, total = hit + h, total + t
+            key = "captions with positions" if placed else "captions without positions"
+            acc = by_caption.setdefault(key, [0, 0])
+            acc[0], acc[1] = acc[0] + h, acc[1] + t
     if grid_out is not None:
         save_sample_grid(torch.cat(images)[:16], caps[:16], grid_out, [describe_placed(r) for r in readings[:16]])
     return {
         "caption attribute match": hit / total,
         "per attribute": {k: h / max(t, 1) for k, (h, t) in per.items()},
+        "per caption kind": {k: h / max(t, 1) for k, (h, t) in by_caption.items()},
         "samples": n,
         "steps": steps,
         "cfg": cfg_scale,
