@@ -128,3 +128,64 @@ def test_a_model_is_refused_on_a_benchmark_of_another_spec(tmp_path):
     assert main(["eval", "--model", str(editor), "--bench", str(tmp_path / "bench"), "--out", str(tmp_path)]) == 2
     with pytest.raises(SpecError, match="they differ in name, grid"):
         check_same(FULL, "a", LITE, "b")
+
+
+def test_bars_are_read_from_the_metrics_files(tmp_path):
+    """`pairfree world bars` copies each value from the file that measured it, with the card's command, and judges
+    it against its threshold (>= for quality, <= for minutes)."""
+    from pairfree.eval.bars import BARS, collect, write_bars
+
+    weights, ys = tmp_path / "weights", tmp_path / "yardstick"
+    card = "# x\n\n## Reproduce\n\n```bash\npairfree pretrain {kind} --config configs/lite/{kind}.yaml\n```\n"
+    files = {
+        "lite-evaluator": {"min_attribute": 1.0, "scene_vs_noise_sigma": {"0.1": 0.9}},
+        "lite-teacher": {"caption attribute match": 0.91, "minutes": 95.0},
+        "lite-judge": {"single accuracy": 0.98, "pair accuracy": 0.5, "verification AUC (benchmark)": 0.99},
+    }
+    for name, metrics in files.items():
+        (weights / name).mkdir(parents=True)
+        (weights / name / "metrics.json").write_text(json.dumps(metrics))
+        (weights / name / "MODEL_CARD.md").write_text(card.format(kind=name.split("-")[1]))
+    ys.mkdir()
+    per_type = {k: {"complete edit": v} for k, v in (("overall", 0.85), ("color", 0.4), ("add", 1.0))}
+    (ys / "metrics.json").write_text(
+        json.dumps({"editor": per_type, "ground truth (ceiling)": {"overall": {"complete edit": 0.99}}})
+    )
+    (ys / "command.txt").write_text("pairfree eval --model m --bench b\n")
+    (ys / "train.json").write_text(json.dumps({"wall_min": 29.0, "command": "python -m pairfree.train.paired"}))
+    rows = write_bars(tmp_path / "bars.json", collect(weights, "lite", ys))
+    assert set(rows) == set(BARS)
+    assert rows["evaluator_noisy_scene"] == {
+        "value": 0.9,
+        "threshold": 0.95,
+        "sense": ">=",
+        "met": False,
+        "source": str(weights / "lite-evaluator" / "metrics.json"),
+        "command": "pairfree pretrain evaluator --config configs/lite/evaluator.yaml",
+    }
+    assert rows["teacher_minutes"]["met"] is False and rows["yardstick_minutes"]["met"] is True
+    assert rows["yardstick_min_subtype"]["value"] == 0.4 and rows["judge_two_image"]["met"] is False
+    assert json.loads((tmp_path / "bars.json").read_text()) == rows
+
+
+def test_editor_models_of_another_world_are_refused(tmp_path):
+    """Training on the lite world with a teacher saved for the full world stops before any step."""
+    from pairfree.train.config import ModelsConfig
+    from pairfree.train.models import load_models
+
+    teacher = tmp_path / "teacher"
+    save_spec(teacher, FULL)
+    with pytest.raises(
+        SpecError, match=r"models.teacher .* was made for world 'full' but the run's world is world 'lite'"
+    ):
+        load_models(ModelsConfig(teacher=str(teacher), judge=str(teacher)), world=LITE)
+
+
+def test_an_old_benchmark_is_refused_with_the_command_that_rewrites_it(tmp_path):
+    from pairfree.world.scene import SceneError
+
+    save_bench(tmp_path / "b", n_per_type=1, spec=LITE)
+    manifest = tmp_path / "b" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 1}))
+    with pytest.raises(SceneError, match=r"version: expected 2, got 1 \(rewrite it with `pairfree world bench"):
+        load_bench(tmp_path / "b")
