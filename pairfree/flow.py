@@ -1,4 +1,4 @@
-"""Flow-matching utilities (t = 1 is pure noise) and the few-step sampler of DESIGN.md.
+"""Flow-matching utilities (t = 1 is pure noise) and the few-step sampler of docs/design.md.
 
 ``x_t = (1 − t)·x0 + t·ε``, the model predicts ``v = ε − x0``, so ``x0 = x_t − t·v``.
 """
@@ -47,7 +47,7 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.T
 
 def few_step_schedule(steps: int = 4, shift: float = 6.0) -> list[float]:
     """The timesteps of the few-step sampler: ``1, (K−1)/K, …, 1/K`` after the time shift. For K = 4 and
-    shift 6: ``[1.0, 0.9474, 0.8571, 0.6667]`` (DESIGN.md)."""
+    shift 6: ``[1.0, 0.9474, 0.8571, 0.6667]`` (docs/design.md)."""
     if not 1 <= steps <= 8:
         raise ValueError(f"few_step_schedule: steps must be in 1..8, got {steps}")
     return [float(shift_time(1 - i / steps, shift)) for i in range(steps)]

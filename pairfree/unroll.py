@@ -1,6 +1,6 @@
 """Backprop through the unrolled few-step sampler at the memory of a single generator call.
 
-The generator samples K steps (DESIGN.md): x̂0 = G(x_0 = ε, t_0); then re-noise with *fresh* noise to t_1,
+The generator samples K steps (docs/design.md): x̂0 = G(x_0 = ε, t_0); then re-noise with *fresh* noise to t_1,
 predict x̂0 again, ... The judge's and DMD's gradients must flow through every step. Plain autograd keeps every
 step's activations (memory linear in K). :func:`unroll` with ``checkpoint=True`` wraps each generator call but
 the last (whose activations backward needs first anyway) in non-reentrant ``torch.utils.checkpoint``: only each

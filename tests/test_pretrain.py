@@ -420,3 +420,25 @@ def test_caption_match_holds_objects_to_cells_only_when_the_caption_states_them(
     texts = {caption(scene, s) for s in range(40)}
     assert {states_positions(scene, t) for t in texts} == {True, False}
     assert all(states_positions(scene, t) == ("at the top left" in t) for t in texts)
+
+
+def test_progress_writes_plain_lines_to_a_log(tmp_path):
+    """Redirected to a file, progress is one plain line per interval (and one at the end), not a redrawn bar."""
+    import io
+
+    from pairfree.progress import Progress
+
+    log = io.StringIO()
+    bar = Progress(10, initial=2, desc="run", every=3600.0, file=log)
+    for i in range(8):
+        bar.set_postfix({"loss": f"{1 / (i + 1):.3f}"})
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and "\r" not in log.getvalue()  # only the final line: the interval never passed
+    assert lines[0].startswith("run: 10/10 (100%)") and lines[0].endswith("| loss=0.125")
+    log = io.StringIO()
+    bar = Progress(5, desc="run", every=0.0, file=log)
+    for _ in range(5):
+        bar.update(1)
+    assert [ln.split(" ")[1] for ln in log.getvalue().splitlines()] == ["1/5", "2/5", "3/5", "4/5", "5/5"]

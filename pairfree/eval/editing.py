@@ -236,7 +236,7 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
             if loss.get("vlm_weight")
             else ""
         )
-        + "DMD against the teacher (DESIGN.md).",
+        + "DMD against the teacher (docs/design.md).",
         "",
         "## Training",
         "",

@@ -1,9 +1,9 @@
 """A small, resumable training loop shared by the pretraining commands.
 
 Per step it draws batch ``step`` from an index-addressable source (so a resumed run sees exactly the data an
-uninterrupted one would), takes an AdamW step, updates an EMA, and shows a tqdm bar with the loss and ETA.
-Every ``ckpt_every`` steps (and at the end) it writes ``checkpoint.pt`` atomically — model, EMA, optimizer,
-step, RNG states — appends metrics to ``metrics.jsonl`` and redraws ``loss.png``. ``resume=True`` continues
+uninterrupted one would), takes an AdamW step, updates an EMA, and shows a progress bar with the loss and ETA
+(plain periodic lines in a log). Every ``ckpt_every`` steps (and at the end) it writes ``checkpoint.pt``
+atomically — model, EMA, optimizer, step, RNG states — appends metrics to ``metrics.jsonl`` and redraws ``loss.png``. ``resume=True`` continues
 from the last checkpoint.
 """
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+
+from pairfree.progress import Progress
 
 
 @dataclass
@@ -201,7 +202,7 @@ def train(
     t0 = time.time()
     step = start
     stopped = False
-    bar = tqdm(total=cfg.steps, initial=start, desc=title, dynamic_ncols=True, mininterval=1.0)
+    bar = Progress(cfg.steps, initial=start, desc=title)
     running = None
     with metrics_path.open("a") as log:
         for step in range(start, cfg.steps):

@@ -1,5 +1,5 @@
 """The editor's training config: plain dataclasses loaded from YAML (``configs/shapes/editor.yaml``) with dotted
-overrides. Defaults are DESIGN.md's (the paper's public reimplementation) unless a comment says otherwise."""
+overrides. Defaults are docs/design.md's (the paper's public reimplementation) unless a comment says otherwise."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 (ZeRO-2 or 3), the frozen teacher and judge replicated or as ZeRO-3 inference engines, data sharded by rank.
 
 Frozen ZeRO-3 models are called through ``engine.module`` (not ``engine(...)``): that keeps ZeRO-3's
-parameter gathering and lets gradients flow through them into the generator (DESIGN.md).
+parameter gathering and lets gradients flow through them into the generator (docs/design.md).
 """
 
 from __future__ import annotations

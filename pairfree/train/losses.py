@@ -1,4 +1,4 @@
-"""The editor's loss terms (DESIGN.md): the VLM editing loss, DMD against the teacher and the online critic,
+"""The editor's loss terms (docs/design.md): the VLM editing loss, DMD against the teacher and the online critic,
 the critic's own flow loss, and the identity-flow loss of the reference-copy warm-up."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pair-free editing trainer (DESIGN.md), single process or one rank under the ``deepspeed`` launcher.
+"""The pair-free editing trainer (docs/design.md), single process or one rank under the ``deepspeed`` launcher.
 
 Read top to bottom, one generator update is:
 
@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from pairfree.config import to_dict
 from pairfree.flow import few_step_schedule
 from pairfree.pretrain.common import Prefetch
 from pairfree.pretrain.loop import ema_decay
+from pairfree.progress import Progress
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import (
     dmd_generator_loss,
@@ -370,7 +370,7 @@ class EditorTrainer:
             kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
             metrics_path.write_text("".join(ln + "\n" for ln in kept))
         writer = self._tensorboard() if cfg.tensorboard and self.is_main else None
-        bar = tqdm(total=total, initial=self.step, desc="pairfree train", disable=not self.is_main, mininterval=1.0)
+        bar = Progress(total, initial=self.step, desc="pairfree train", disable=not self.is_main)
         t0, wall0, logs = time.time(), self.wall, {}
         with open(metrics_path, "a") if self.is_main else open(os.devnull, "w") as log:
             while self.step < total and (stop_after is None or self.step < stop_after):
