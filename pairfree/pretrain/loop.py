@@ -3,8 +3,8 @@
 Per step it draws batch ``step`` from an index-addressable source (so a resumed run sees exactly the data an
 uninterrupted one would), takes an AdamW step, updates an EMA, and shows a progress bar with the loss and ETA
 (plain periodic lines in a log). Every ``ckpt_every`` steps (and at the end) it writes ``checkpoint.pt``
-atomically — model, EMA, optimizer, step, RNG states — appends metrics to ``metrics.jsonl`` and redraws ``loss.png``. ``resume=True`` continues
-from the last checkpoint.
+atomically — model, EMA, optimizer, step, RNG states — appends metrics to ``metrics.jsonl`` and redraws
+``loss.png``. ``resume=True`` continues from the last checkpoint.
 """
 
 from __future__ import annotations
