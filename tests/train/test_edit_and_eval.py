@@ -11,6 +11,7 @@ from pairfree.cli import main as cli
 from pairfree.edit import EditPipeline, ImageError, load_image
 from pairfree.eval.editing import measure, psnr
 from pairfree.world.bench import load_bench, save_bench
+from pairfree.world.spec import FULL
 
 from .conftest import tiny_overrides
 
@@ -25,7 +26,7 @@ def editor_dir(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
-    return save_bench(tmp_path_factory.mktemp("bench"), n_per_type=6, seed=3)
+    return save_bench(tmp_path_factory.mktemp("bench"), n_per_type=6, seed=3, spec=FULL)  # the shapes-* models
 
 
 @pytest.fixture(scope="module")
