@@ -17,18 +17,19 @@ import torch
 
 from pairfree import pretrained
 from pairfree.config import from_dict, load_config
+from pairfree.models.bundle import FlowModel
 from pairfree.models.dit import DiT, DiTConfig
 from pairfree.models.text import WorldTextEncoder
 from pairfree.pretrain.common import PretrainConfig
-from pairfree.pretrain.teacher import Teacher, evaluate
+from pairfree.pretrain.teacher import evaluate
 from pairfree.shipped import model_name
 from pairfree.world.spec import get_spec
 
 
-def build(cfg: PretrainConfig) -> Teacher:
+def build(cfg: PretrainConfig) -> FlowModel:
     text = WorldTextEncoder.for_world(seed=cfg.loop.seed, **cfg.model.get("text", {}))
     dit_cfg = from_dict(DiTConfig, {**cfg.model.get("dit", {}), "text_dim": text.dim}, "model.dit")
-    return Teacher(DiT(dit_cfg), text)
+    return FlowModel(DiT(dit_cfg), text)
 
 
 def main(argv=None) -> int:

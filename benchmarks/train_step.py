@@ -95,8 +95,8 @@ def build_judge(args, device, dtype):
 def build_models(args, device, dtype):
     from diffusers import AutoencoderDC
 
+    from pairfree.models.bundle import FlowModel
     from pairfree.models.dit import DiT, DiTConfig
-    from pairfree.pretrain.teacher import Teacher
     from pairfree.train.models import EditorModels, with_reference_skip
 
     if args.quick:
@@ -122,10 +122,10 @@ def build_models(args, device, dtype):
     torch.manual_seed(0)
     dit = DiT(dit_cfg).to(device, dtype)
     text = FixedTextEncoder(text_len, dit_cfg.text_dim, device, dtype)
-    teacher = Teacher(dit, text).requires_grad_(False).eval()
-    generator = Teacher(with_reference_skip(dit).to(device, dtype), text)
+    teacher = FlowModel(dit, text).requires_grad_(False).eval()
+    generator = FlowModel(with_reference_skip(dit).to(device, dtype), text)
     generator.dit.requires_grad_(True)
-    critic = Teacher(copy.deepcopy(dit), text)
+    critic = FlowModel(copy.deepcopy(dit), text)
     critic.dit.requires_grad_(True)
     autoencoder = DCAutoencoder(ae.to(device, dtype))
     return EditorModels(generator, critic, teacher, build_judge(args, device, dtype), autoencoder)

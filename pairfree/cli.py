@@ -118,11 +118,12 @@ def _train(args) -> int:
 
 
 def _edit(args) -> int:
+    from pairfree.device import resolve_device
     from pairfree.edit import EditPipeline, load_image, save_image
-    from pairfree.train.models import resolve_device
+    from pairfree.shipped import NAMES, pretrained
 
     device = resolve_device(args.device)
-    pipe = EditPipeline.from_pretrained(args.model).to(device)
+    pipe = (pretrained(args.model) if args.model in NAMES else EditPipeline.from_pretrained(args.model)).to(device)
     image, note = load_image(args.image, pipe.resolution)
     if note:
         print(f"{args.image}: {note}")
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_train)
 
     p = sub.add_parser("edit", help="edit an image with a trained editor")
-    p.add_argument("--model", required=True, help="editor directory (written by `pairfree train`)")
+    p.add_argument("--model", required=True, help="editor directory (written by `pairfree train`) or shapes-editor")
     p.add_argument("--image", required=True, help="any image file; resized to the model's resolution")
     p.add_argument("--instruction", required=True)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 4)")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pairfree.flow import add_noise, few_step_schedule
+from pairfree.models.bundle import FlowModel, editor_x0
 from pairfree.models.persistence import CheckpointError
 
 EDITOR_META = "editor.json"
@@ -28,8 +29,6 @@ def edit_images(
 ) -> torch.Tensor:
     """Few-step editing of ``inputs`` ``(B, 3, H, W)`` in [-1, 1]: the sampler the editor was trained to unroll
     (in the ``autoencoder``'s latent space when one is given, else in pixel space)."""
-    from pairfree.train.models import editor_x0
-
     if autoencoder is not None:
         inputs = autoencoder.encode(inputs)
     g = torch.Generator(device=inputs.device).manual_seed(seed)
@@ -90,13 +89,7 @@ class EditPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> EditPipeline:
-        from pairfree.pretrain.teacher import Teacher
-
         path = Path(path)
-        if str(path) == "shapes-editor" and not path.exists():  # the shipped editor of the shapes world
-            from pairfree.shipped import WEIGHTS_DIR
-
-            path = WEIGHTS_DIR / "shapes-editor"
         meta = path / EDITOR_META
         if not meta.is_file():
             raise CheckpointError(f"{meta}: missing (expected an editor directory written by `pairfree train`)")
@@ -113,9 +106,9 @@ class EditPipeline:
                     f"{meta}: source {root} is not a directory (the SANA pipeline it was trained from)"
                 )
             text = HFTextEncoder(root / "text_encoder", info["text_max_length"], tokenizer_path=root / "tokenizer")
-            generator = Teacher(DiT.from_pretrained(path / "dit"), text)
+            generator = FlowModel(DiT.from_pretrained(path / "dit"), text)
             return cls(generator, *sampling, autoencoder=DCAutoencoder.from_pretrained(root / "vae"), source=root)
-        return cls(Teacher.from_pretrained(path), *sampling)
+        return cls(FlowModel.from_pretrained(path), *sampling)
 
     def to(self, device) -> EditPipeline:
         """The pipeline on ``device`` (e.g. ``"cuda"``): the generator and the autoencoder; returns itself."""

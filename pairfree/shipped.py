@@ -46,9 +46,9 @@ def pretrained(name: str, path: str | Path | None = None):
 
         return Evaluator.from_pretrained(root).eval()
     if kind == "teacher":
-        from pairfree.pretrain.teacher import Teacher
+        from pairfree.models.bundle import FlowModel
 
-        return Teacher.from_pretrained(root).eval()
+        return FlowModel.from_pretrained(root).eval()
     from pairfree.judge.qwen import load_qwen_judge
 
     meta = json.loads((root / "judge.json").read_text())

@@ -306,16 +306,16 @@ def test_adversarial_images_attack_only_the_last_image_within_eps():
 
 
 def test_teacher_init_starts_from_saved_weights_and_refuses_a_mismatch(tmp_path, capsys):
-    from pairfree.pretrain.teacher import Teacher
+    from pairfree.models.bundle import FlowModel
 
     first = tmp_path / "first"
     teacher_yaml = ["pretrain", "teacher", "--config", "configs/shapes/teacher.yaml", "--set"]
     assert cli([*teacher_yaml, *_tiny_teacher_sets(first)]) == 0
-    saved = Teacher.from_pretrained(first / "model").state_dict()
+    saved = FlowModel.from_pretrained(first / "model").state_dict()
     for init, out in (("", tmp_path / "fresh"), (str(first / "model"), tmp_path / "again")):
         sets = [*_tiny_teacher_sets(out), "loop.steps=0", *([f"init={init}"] if init else [])]
         assert cli([*teacher_yaml, *sets]) == 0
-        got = Teacher.from_pretrained(out / "model").state_dict()
+        got = FlowModel.from_pretrained(out / "model").state_dict()
         same = all(torch.equal(got[k], saved[k]) for k in saved)
         assert same == bool(init), f"init={init!r}: exported weights {'differ from' if init else 'equal'} the saved"
     capsys.readouterr()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from pairfree.device import resolve_device
 from pairfree.progress import Progress
 
 
@@ -146,7 +147,6 @@ def train(
     ``cfg.eval_every`` steps, is logged to ``metrics.jsonl`` for the raw weights (``raw/<name>``) and the EMA
     (``ema/<name>``) with the wall minutes: the learning curve.
     """
-    from pairfree.train.models import resolve_device
 
     device = resolve_device(cfg.device, "loop.device")
     model.to(device)

@@ -14,10 +14,10 @@ import random
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from pairfree.config import ConfigError, from_dict
 from pairfree.flow import add_noise, logit_normal_t, shift_time, velocity_target
+from pairfree.models.bundle import FlowModel
 from pairfree.models.dit import DiT, DiTConfig
 from pairfree.models.text import WorldTextEncoder
 from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, model_name, ship, write_card
@@ -29,32 +29,9 @@ from pairfree.world.scene import sample_scene
 from pairfree.world.spec import WorldSpec, check_same, get_spec, save_spec
 
 
-class Teacher(nn.Module):
-    """The text-to-image teacher: a DiT and its text encoder, trained together and saved together."""
-
-    def __init__(self, dit: DiT, text: WorldTextEncoder):
-        super().__init__()
-        self.dit, self.text = dit, text
-
-    def velocity(self, x, t, captions: list[str], reference=None):
-        emb, mask = self.text.encode(captions)
-        return self.dit(x, t, emb, mask, reference=reference)
-
-    def save_pretrained(self, path):
-        path = Path(path)
-        self.dit.save_pretrained(path / "dit")
-        self.text.save_pretrained(path / "text")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path):
-        path = Path(path)
-        return cls(DiT.from_pretrained(path / "dit"), WorldTextEncoder.from_pretrained(path / "text"))
-
-
 @torch.no_grad()
 def sample(
-    teacher: Teacher,
+    teacher: FlowModel,
     captions: list[str],
     steps: int = 8,
     cfg_scale: float = 3.0,
@@ -124,7 +101,7 @@ def caption_attribute_match(scene, seen, per: dict | None = None, placed: bool =
 
 @torch.no_grad()
 def evaluate(
-    teacher: Teacher,
+    teacher: FlowModel,
     evaluator,
     seed: int,
     n: int,
@@ -190,13 +167,13 @@ def save_sample_grid(
     sheet.save(out)
 
 
-def load_init(teacher: Teacher, path: str) -> None:
+def load_init(teacher: FlowModel, path: str) -> None:
     """Start from a saved teacher's weights (``init``): the way to train a shipped teacher longer, since a run's
     optimizer checkpoint need not survive."""
     root = Path(path)
     if not (root / "dit").is_dir() or not (root / "text").is_dir():
         raise ConfigError(f"init: {root} is not a teacher directory (expected {root}/dit and {root}/text)")
-    saved = Teacher.from_pretrained(root)
+    saved = FlowModel.from_pretrained(root)
     mine, theirs = teacher.state_dict(), saved.state_dict()
     wrong = sorted(
         k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape
@@ -217,7 +194,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.loop.seed)
     text = WorldTextEncoder.for_world(seed=cfg.loop.seed, **cfg.model.get("text", {}))
     dit_cfg = from_dict(DiTConfig, {**cfg.model.get("dit", {}), "text_dim": text.dim}, "model.dit")
-    teacher = Teacher(DiT(dit_cfg), text)
+    teacher = FlowModel(DiT(dit_cfg), text)
     if cfg.init and not resume:
         load_init(teacher, cfg.init)
     ds = CaptionImageDataset(10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution, spec=spec)

@@ -3,18 +3,10 @@ overrides. Defaults are docs/design.md's (the paper's public reimplementation) u
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from pairfree.device import check_device_name
 from pairfree.world.edits import DEFAULT_MIX
-
-
-def check_device_name(name: str, key: str = "device") -> str:
-    """``name`` if it is a device a run can ask for ("auto", "cpu", "cuda", "cuda:N"), else a ValueError naming the
-    config ``key`` and it."""
-    if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
-        raise ValueError(f"{key}: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
-    return name
 
 
 @dataclass

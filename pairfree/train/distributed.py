@@ -71,13 +71,11 @@ def register_mha_params(module: torch.nn.Module) -> None:
                     deepspeed.zero.register_external_parameter(m, p)
 
 
-def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cls=None):
-    """Initialise the process group and the engines; returns an ``EditorTrainer`` (or ``trainer_cls``) for this
-    rank."""
+def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cls):
+    """Initialise the process group and the engines; returns this rank's ``trainer_cls`` (an ``EditorTrainer``
+    or a subclass) built on them."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
-
-    from pairfree.train.trainer import EditorTrainer
 
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -109,7 +107,6 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cl
     if not shared_text:
         models.generator = engines["generator"].module
         models.critic = engines["critic"].module if "critic" in engines else None
-    trainer_cls = trainer_cls or EditorTrainer
     trainer = trainer_cls(cfg, models, rank=rank, world_size=world, engines=engines, ema=ema)
     return trainer
 

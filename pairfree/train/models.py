@@ -11,20 +11,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pairfree.config import ConfigError
-from pairfree.flow import x0_from_velocity
 from pairfree.models.autoencoder import IdentityAutoencoder
+from pairfree.models.bundle import FlowModel
 from pairfree.models.dit import DiT
 from pairfree.models.persistence import CheckpointError
-from pairfree.pretrain.teacher import Teacher
-from pairfree.train.config import ModelsConfig, check_device_name
+from pairfree.train.config import ModelsConfig
 
 
 @dataclass
 class EditorModels:
-    generator: Teacher  # DiT (+ reference tokens) and its own text encoder for the instruction
-    critic: Teacher | None  # the online fake score, trained on the generator's samples (None: delta-score DMD)
-    teacher: Teacher  # frozen real score
+    generator: FlowModel  # DiT (+ reference tokens) and its own text encoder for the instruction
+    critic: FlowModel | None  # the online fake score, trained on the generator's samples (None: delta-score DMD)
+    teacher: FlowModel  # frozen real score
     judge: nn.Module  # frozen VLM (QwenJudge)
     autoencoder: nn.Module = dataclasses.field(default_factory=IdentityAutoencoder)  # frozen; pixel space: identity
 
@@ -34,25 +32,6 @@ class EditorModels:
             if model is not None:
                 model.to(device)
         return self
-
-
-def resolve_device(name: str, key: str = "device") -> torch.device:
-    """The single-process training device of config ``key`` (``device``; ``loop.device`` for pretraining): ``auto``
-    is the GPU when there is one. Asking for a GPU that is not there is an error, not a silent fall-back to a CPU
-    run."""
-    try:
-        check_device_name(name, key)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{key}: {name!r} asked for, but torch {torch.__version__} sees no CUDA GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{key}: {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
-    return device
 
 
 def _load(kind: str, where: str, world=None):
@@ -91,19 +70,19 @@ def load_models(cfg: ModelsConfig, critic: bool = True, world=None) -> EditorMod
     judge.model.requires_grad_(False)  # input gradients only
     if not teacher.dit.config.reference:
         raise ValueError("models.teacher: the DiT was built with reference=False; the editor needs reference tokens")
-    generator = Teacher(with_reference_skip(teacher.dit), copy.deepcopy(teacher.text)).requires_grad_(True).train()
+    generator = FlowModel(with_reference_skip(teacher.dit), copy.deepcopy(teacher.text)).requires_grad_(True).train()
     fake = copy.deepcopy(teacher).requires_grad_(True).train() if critic else None
     return EditorModels(generator, fake, teacher, judge)
 
 
-def ema_copy(generator: Teacher) -> Teacher:
+def ema_copy(generator: FlowModel) -> FlowModel:
     """A frozen copy of the generator for its EMA; a shared frozen text encoder is shared, not copied."""
     if not any(p.requires_grad for p in generator.text.parameters()):
-        return Teacher(copy.deepcopy(generator.dit), generator.text).requires_grad_(False).eval()
+        return FlowModel(copy.deepcopy(generator.dit), generator.text).requires_grad_(False).eval()
     return copy.deepcopy(generator).requires_grad_(False).eval()
 
 
-def trained_part(generator: Teacher) -> nn.Module:
+def trained_part(generator: FlowModel) -> nn.Module:
     """What the generator's optimizer (and EMA) covers: the whole model, or its DiT when the text is frozen."""
     return generator if any(p.requires_grad for p in generator.text.parameters()) else generator.dit
 
@@ -115,13 +94,6 @@ def with_reference_skip(dit: DiT) -> DiT:
     if unexpected or any(not k.startswith("reference_skip.") for k in missing):
         raise CheckpointError(f"teacher DiT: unexpected weights {unexpected}, missing {missing}")
     return out
-
-
-def editor_x0(
-    generator: Teacher, x_t: torch.Tensor, t: torch.Tensor, reference: torch.Tensor, text, text_mask
-) -> torch.Tensor:
-    """One generator call: x̂0 from the noisy x_t, the clean reference image and the encoded instruction."""
-    return x0_from_velocity(x_t, generator.dit(x_t, t, text, text_mask, reference=reference), t)
 
 
 def _need_dir(path: Path, key: str, what: str) -> Path:
@@ -150,17 +122,17 @@ def load_diffusers_models(cfg: ModelsConfig, critic: bool = True) -> EditorModel
         raise CheckpointError(f"models.teacher: {root / 'tokenizer'} is missing (expected the text tokenizer)")
     text = HFTextEncoder(root / "text_encoder", cfg.text_max_length, dtype, tokenizer_path=root / "tokenizer")
     dit = dit_from_diffusers(root / "transformer", reference=True).to(dtype)
-    teacher = Teacher(dit, text).requires_grad_(False).eval()
+    teacher = FlowModel(dit, text).requires_grad_(False).eval()
     autoencoder = DCAutoencoder.from_pretrained(root / "vae", dtype=dtype)
     judge_dir = Path(cfg.judge)
     if not judge_dir.is_dir():
         raise CheckpointError(f"models.judge: {judge_dir} is not a directory (expected a Qwen2.5-VL model)")
     judge = load_qwen_judge(judge_dir, image_size=cfg.judge_image_size, dtype=dtype)
     check_judge_tokens(judge)
-    generator = Teacher(with_reference_skip(dit).to(dtype), text)
+    generator = FlowModel(with_reference_skip(dit).to(dtype), text)
     generator.dit.requires_grad_(True).train()
     fake = None
     if critic:
-        fake = Teacher(copy.deepcopy(dit), text)
+        fake = FlowModel(copy.deepcopy(dit), text)
         fake.dit.requires_grad_(True).train()
     return EditorModels(generator, fake, teacher, judge, autoencoder)

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def train(args, trainer_cls=None, what: str = "editor") -> int:
     """Run ``trainer_cls`` (default :class:`EditorTrainer`) from parsed ``args``; ``what`` names its model."""
-    from pairfree.train.models import load_models, resolve_device
+    from pairfree.device import resolve_device
+    from pairfree.train.models import load_models
     from pairfree.train.trainer import EditorTrainer
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -32,7 +33,7 @@ def train(args, trainer_cls=None, what: str = "editor") -> int:
     if distributed:
         from pairfree.train.distributed import build_distributed_trainer
 
-        trainer = build_distributed_trainer(cfg, models, trainer_cls)
+        trainer = build_distributed_trainer(cfg, models, trainer_cls or EditorTrainer)
     else:
         trainer = (trainer_cls or EditorTrainer)(cfg, models.to(device))
         if trainer.is_main:

@@ -32,6 +32,7 @@ import torch
 
 from pairfree.config import to_dict
 from pairfree.flow import few_step_schedule
+from pairfree.models.bundle import editor_x0
 from pairfree.pretrain.common import Prefetch
 from pairfree.pretrain.loop import ema_decay
 from pairfree.progress import Progress
@@ -43,7 +44,7 @@ from pairfree.train.losses import (
     per_sample_rand,
     vlm_editing_loss,
 )
-from pairfree.train.models import EditorModels, editor_x0, ema_copy, trained_part
+from pairfree.train.models import EditorModels, ema_copy, trained_part
 from pairfree.unroll import per_sample_randn, unroll
 from pairfree.world.datasets import EditorDataset, item_seed
 from pairfree.world.spec import get_spec, save_spec

@@ -198,15 +198,15 @@ def test_judge_gradient_low_resolution_change_is_smooth_and_the_ensemble_average
 
 def _tiny_teacher():
     """A frozen one-layer text-to-image teacher with random weights (seed 0): fast, with a real pull."""
+    from pairfree.models.bundle import FlowModel
     from pairfree.models.dit import DiT, DiTConfig
     from pairfree.models.text import WorldTextEncoder
-    from pairfree.pretrain.teacher import Teacher
 
     torch.manual_seed(0)
     text = WorldTextEncoder.for_world(seed=0, width=32, num_layers=1, num_heads=2)
     dit = DiT(DiTConfig(in_channels=3, out_channels=3, num_layers=1, num_heads=2, head_dim=16, cross_heads=2,
                         cross_head_dim=16, patch_size=4, norm="rms", text_dim=text.dim))  # fmt: skip
-    return Teacher(dit, text).eval().requires_grad_(False)
+    return FlowModel(dit, text).eval().requires_grad_(False)
 
 
 def test_score_distillation_gradient_is_the_normalised_step_toward_the_teachers_x0():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pairfree.judge.world import build_world_judge
+from pairfree.models.bundle import FlowModel
 from pairfree.models.dit import DiT, DiTConfig
 from pairfree.models.text import WorldTextEncoder
-from pairfree.pretrain.teacher import Teacher
 
 TINY_DIT = dict(
     in_channels=3, out_channels=3, num_layers=2, num_heads=2, head_dim=16, cross_heads=2, cross_head_dim=16,
@@ -19,7 +19,7 @@ TINY_DIT = dict(
 def save_tiny_teacher(path, seed=0):
     torch.manual_seed(seed)
     text = WorldTextEncoder.for_world(seed=seed, width=32, num_layers=1, num_heads=2)
-    teacher = Teacher(DiT(DiTConfig(**TINY_DIT, text_dim=text.dim)), text)
+    teacher = FlowModel(DiT(DiTConfig(**TINY_DIT, text_dim=text.dim)), text)
     return teacher.save_pretrained(path)
 
 

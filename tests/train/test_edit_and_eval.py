@@ -121,7 +121,7 @@ def test_shipped_editor_name_when_absent_is_a_clear_error():
     from pairfree.shipped import WEIGHTS_DIR
 
     if (WEIGHTS_DIR / "shapes-editor").is_dir():
-        assert EditPipeline.from_pretrained("shapes-editor").resolution == 32
+        assert pretrained("shapes-editor").resolution == 32
     else:
         with pytest.raises(FileNotFoundError, match="shapes-editor: not found"):
             pretrained("shapes-editor")

@@ -10,9 +10,10 @@ import pairfree.world.datasets as world_datasets
 import pairfree.world.edits as world_edits
 from pairfree.cli import main as cli
 from pairfree.config import ConfigError, load_config
+from pairfree.device import resolve_device
 from pairfree.models.persistence import CheckpointError
 from pairfree.train.config import TrainConfig
-from pairfree.train.models import load_models, resolve_device
+from pairfree.train.models import load_models
 from pairfree.train.trainer import EditorTrainer
 from pairfree.world.datasets import EDITOR_KEYS, item_seed
 from pairfree.world.edits import DEFAULT_MIX, sample_edit
@@ -143,7 +144,6 @@ def test_config_errors_name_the_key(tiny_models, tmp_path):
 
 def test_judge_without_yes_no_tokens_is_refused(tiny_models, tmp_path):
     from pairfree.judge.qwen import JudgeConfig, QwenJudge
-    from pairfree.pretrain.teacher import Teacher  # noqa: F401
     from pairfree.shipped import pretrained
     from pairfree.train.models import check_judge_tokens
 
