@@ -15,9 +15,7 @@ import torch
 
 from pairfree.config import ConfigError
 from pairfree.pretrain.loop import LoopConfig
-from pairfree.shipped import model_name  # noqa: F401  (the pretraining commands name their models with it)
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+from pairfree.shipped import WEIGHTS_DIR, model_name  # noqa: F401  (the pretraining commands name their models)
 
 
 @dataclass

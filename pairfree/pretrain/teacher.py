@@ -24,7 +24,7 @@ from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, mod
 from pairfree.pretrain.loop import train
 from pairfree.world.captions import caption, describe_placed
 from pairfree.world.datasets import CaptionImageDataset, item_seed
-from pairfree.world.grid import _tile
+from pairfree.world.grid import tile_image
 from pairfree.world.scene import sample_scene
 from pairfree.world.spec import WorldSpec, check_same, get_spec, save_spec
 
@@ -161,7 +161,7 @@ def save_sample_grid(
     draw = ImageDraw.Draw(sheet)
     for i, (im, cap) in enumerate(zip(images, caps)):
         r, c = divmod(i, cols)
-        sheet.paste(_tile((im + 1) / 2, tile), (c * tile, r * (tile + text_h)))
+        sheet.paste(tile_image((im + 1) / 2, tile), (c * tile, r * (tile + text_h)))
         text = textwrap.wrap(cap, 24)[:4] + (["read: " + w for w in textwrap.wrap(read[i], 24)[:5]] if read else [])
         draw.multiline_text((c * tile + 2, r * (tile + text_h) + tile + 2), "\n".join(text), fill="black", spacing=1)
     sheet.save(out)
@@ -210,11 +210,11 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         b = {"captions": caps, "noise": torch.randn(shape, generator=g), "t": logit_normal_t(len(js), generator=g)}
         if on_device:
             return {**b, "scenes": [sc for sc, _ in examples]}
-        return {**b, "x0": ds._render(sc for sc, _ in examples)}
+        return {**b, "x0": ds.render(sc for sc, _ in examples)}
 
     def step_loss(m, b):
         if "scenes" in b:
-            b["x0"] = ds._render(b["scenes"], device=b["noise"].device)
+            b["x0"] = ds.render(b["scenes"], device=b["noise"].device)
         xt = add_noise(b["x0"], b["noise"], b["t"])
         v = m.velocity(xt, b["t"], b["captions"])
         return (v - velocity_target(b["x0"], b["noise"])).square().mean(), {}

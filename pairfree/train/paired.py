@@ -27,8 +27,8 @@ class PairedTrainer(EditorTrainer):
     def edit_step(self, step: int) -> dict:
         b = self.cfg.batch
         edits = [self.data.example(self.data.global_index(j))[0] for j in range(step * b, (step + 1) * b)]
-        source = self.encode(self.data._render([e.source for e in edits]))
-        target = self.encode(self.data._render([e.target for e in edits]))
+        source = self.encode(self.data.render([e.source for e in edits]))
+        target = self.encode(self.data.render([e.target for e in edits]))
         loss = flow_loss(
             self.gen.module, target, [e.instruction for e in edits], self.generators(step), reference=source
         )

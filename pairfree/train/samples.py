@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from pairfree.world.grid import _tile
+from pairfree.world.grid import tile_image
 
 
 def save_edit_rows(
@@ -34,11 +34,11 @@ def save_edit_rows(
         draw.text((x, 3), name, fill="black")
     for i in range(len(inputs)):
         y = head + i * (tile + pad)
-        sheet.paste(_tile((inputs[i].float().cpu() + 1) / 2, tile), (xs[0], y))
+        sheet.paste(tile_image((inputs[i].float().cpu() + 1) / 2, tile), (xs[0], y))
         text = ("" if labels is None else f"[{labels[i]}]\n") + "\n".join(textwrap.wrap(instructions[i], 30))
         draw.multiline_text((xs[1], y + 2), text, fill="black", spacing=2)
-        sheet.paste(_tile((outputs[i].float().cpu().clamp(-1, 1) + 1) / 2, tile), (xs[2], y))
+        sheet.paste(tile_image((outputs[i].float().cpu().clamp(-1, 1) + 1) / 2, tile), (xs[2], y))
         if targets is not None:
-            sheet.paste(_tile((targets[i].float().cpu() + 1) / 2, tile), (xs[3], y))
+            sheet.paste(tile_image((targets[i].float().cpu() + 1) / 2, tile), (xs[3], y))
     sheet.save(out)
     return out

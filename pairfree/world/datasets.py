@@ -72,7 +72,8 @@ class WorldDataset(Dataset):
     def __getitems__(self, js: list[int]) -> list[dict]:
         raise NotImplementedError
 
-    def _render(self, scenes, device="cpu") -> torch.Tensor:
+    def render(self, scenes, device="cpu") -> torch.Tensor:
+        """``scenes`` drawn at this dataset's resolution, in [-1, 1]."""
         images, _ = render(list(scenes), self.resolution, device=device)
         return images * 2 - 1
 
@@ -94,7 +95,7 @@ class CaptionImageDataset(WorldDataset):
 
     def __getitems__(self, js):
         examples = [self.example(self.global_index(j)) for j in js]
-        images = self._render(s for s, _ in examples)
+        images = self.render(s for s, _ in examples)
         return [{"image": im, "caption": cap} for im, (_, cap) in zip(images, examples)]
 
 
@@ -132,7 +133,7 @@ class JudgeVQADataset(WorldDataset):
 
     def __getitems__(self, js):
         items = [self.example(self.global_index(j)) for j in js]
-        images = self._render(sc for it in items for sc in it.scenes)
+        images = self.render(sc for it in items for sc in it.scenes)
         out, k = [], 0
         for it in items:
             n = len(it.scenes)
@@ -182,7 +183,7 @@ class EditorDataset(WorldDataset):
 
     def __getitems__(self, js):
         examples = [self.example(self.global_index(j)) for j in js]
-        images = self._render(e.source for e, _ in examples)
+        images = self.render(e.source for e, _ in examples)
         out = []
         for im, (e, s) in zip(images, examples):
             verify, identity = e.questions()

@@ -55,7 +55,8 @@ def save_scene_grid(
     return out
 
 
-def _tile(img, tile: int) -> Image.Image:
+def tile_image(img, tile: int) -> Image.Image:
+    """An image ``(3, H, W)`` in [0, 1] as a PIL tile of side ``tile`` (nearest-neighbour: pixels stay visible)."""
     return Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).resize((tile, tile), Image.NEAREST)
 
 
@@ -93,11 +94,11 @@ def save_edit_grid(
         draw.text((x, 4), head, fill="black")
     for i, e in enumerate(edits):
         y = 20 + i * (tile + pad)
-        sheet.paste(_tile(inputs[i], tile), (pad, y))
+        sheet.paste(tile_image(inputs[i], tile), (pad, y))
         label = f"[{e.form}]\n" + "\n".join(textwrap.wrap(e.instruction, 34))
         draw.multiline_text((2 * pad + tile, y + 4), label, fill="black", spacing=2)
-        sheet.paste(_tile(targets[i], tile), (3 * pad + tile + text_w, y))
-        sheet.paste(_tile(masks[i].expand(3, -1, -1), tile), (4 * pad + 2 * tile + text_w, y))
+        sheet.paste(tile_image(targets[i], tile), (3 * pad + tile + text_w, y))
+        sheet.paste(tile_image(masks[i].expand(3, -1, -1), tile), (4 * pad + 2 * tile + text_w, y))
     sheet.save(out)
     meta = {
         "world": spec.to_dict(),
