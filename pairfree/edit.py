@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from pairfree.flow import add_noise, few_step_schedule
-from pairfree.models.bundle import FlowModel, editor_x0
+from pairfree.flow import few_step_schedule, sample_few_step
+from pairfree.models.bundle import FlowModel
 from pairfree.models.persistence import CheckpointError
 
 EDITOR_META = "editor.json"
@@ -33,13 +33,9 @@ def edit_images(
         inputs = autoencoder.encode(inputs)
     g = torch.Generator(device=inputs.device).manual_seed(seed)
     text, mask = generator.text.encode(instructions)
-    x = torch.randn(inputs.shape, generator=g, device=inputs.device, dtype=inputs.dtype)
-    for i, t in enumerate(schedule):
-        tt = torch.full((inputs.shape[0],), t, device=inputs.device, dtype=inputs.dtype)
-        x0 = editor_x0(generator, x, tt, inputs, text, mask)
-        if i + 1 < len(schedule):
-            fresh = torch.randn(inputs.shape, generator=g, device=inputs.device, dtype=inputs.dtype)
-            x = add_noise(x0, fresh, torch.full_like(tt, schedule[i + 1]))
+    noise = torch.randn(inputs.shape, generator=g, device=inputs.device, dtype=inputs.dtype)
+    velocity = lambda x, t: generator.dit(x, t, text, mask, reference=inputs)  # noqa: E731
+    x0 = sample_few_step(velocity, noise, schedule, g)
     return (x0 if autoencoder is None else autoencoder.decode(x0)).clamp(-1, 1)
 
 
