@@ -91,6 +91,8 @@ def write_bars(out: Path, values: dict) -> dict:
         if key not in values:
             continue
         value, source, command = values[key]
+        if sense == "max":  # minutes: a time limit stops a run at the first step past it, so compare to 0.1 min
+            value = round(value, 1)
         met = value >= threshold if sense == "min" else value <= threshold
         rows[key] = {
             "value": round(float(value), 4),
