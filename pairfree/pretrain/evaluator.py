@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pairfree.evaluator import Evaluator, EvaluatorConfig, accuracy, loss, targets
+from pairfree.evaluator import HIDDEN_UNDER, Evaluator, EvaluatorConfig, accuracy, loss, targets
 from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, model_name, ship, write_card
 from pairfree.pretrain.loop import train
 from pairfree.world.datasets import item_seed
@@ -92,8 +92,6 @@ def evaluate(
 
 def scene_read_right(scene, seen) -> bool:
     """Whether a reading gets every attribute the scene's style leaves visible right."""
-    from pairfree.evaluator import HIDDEN_UNDER
-
     hidden = HIDDEN_UNDER[scene.style]
     key = lambda sc: (
         sc.style,
