@@ -155,3 +155,21 @@ def test_sana_1600m_preset_on_meta_matches_the_published_size():
         theirs = SanaTransformer2DModel()  # diffusers' defaults are SANA-1.6B's
     n = sum(p.numel() for p in ours.parameters())
     assert n - ours.config.width == sum(p.numel() for p in theirs.parameters()) == 1_604_462_752
+
+
+def test_softmax_self_attention_option_is_sdpa_over_the_same_projections():
+    """``self_attn: softmax`` (a deviation from SANA for the tiny world DiTs): the block's self-attention is plain
+    softmax attention over the same q, k, v projections, against torch's SDPA."""
+    import torch.nn.functional as F
+
+    from pairfree.models.dit import DiTConfig, SelfAttention
+
+    cfg = DiTConfig(num_heads=2, head_dim=8, cross_heads=2, cross_head_dim=8, self_attn="softmax")
+    torch.manual_seed(0)
+    attn = SelfAttention(cfg)
+    x = torch.randn(3, 11, cfg.width)
+    q, k, v = attn.qkv(x).view(3, 11, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    expected = attn.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(3, 11, -1))
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="self_attn: expected 'linear' or 'softmax'"):
+        DiTConfig(self_attn="flash")
