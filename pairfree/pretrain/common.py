@@ -15,7 +15,7 @@ import torch
 
 from pairfree.config import ConfigError
 from pairfree.pretrain.loop import LoopConfig
-from pairfree.shipped import WEIGHTS_DIR, model_name  # noqa: F401  (the pretraining commands name their models)
+from pairfree.shipped import WEIGHTS_DIR
 
 
 @dataclass

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from pairfree.evaluator import HIDDEN_UNDER, Evaluator, EvaluatorConfig, accuracy, loss, targets
-from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, model_name, ship, write_card
+from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, ship, write_card
 from pairfree.pretrain.loop import train
+from pairfree.shipped import model_name
 from pairfree.world.datasets import item_seed
 from pairfree.world.render import render
 from pairfree.world.scene import sample_scene

@@ -14,8 +14,9 @@ from torch import nn
 from pairfree import evaluator as attributes
 from pairfree.judge.qwen import QwenJudge
 from pairfree.judge.world import build_world_judge
-from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, model_name, ship, write_card
+from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, ship, write_card
 from pairfree.pretrain.loop import train
+from pairfree.shipped import model_name
 from pairfree.world.bench import build_bench
 from pairfree.world.captions import describe_placed
 from pairfree.world.datasets import JudgeVQADataset, collate_vqa, item_seed

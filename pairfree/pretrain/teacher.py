@@ -20,8 +20,9 @@ from pairfree.flow import add_noise, logit_normal_t, shift_time, velocity_target
 from pairfree.models.bundle import FlowModel
 from pairfree.models.dit import DiT, DiTConfig
 from pairfree.models.text import WorldTextEncoder
-from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, model_name, ship, write_card
+from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, ship, write_card
 from pairfree.pretrain.loop import train
+from pairfree.shipped import model_name
 from pairfree.world.captions import caption, describe_placed
 from pairfree.world.datasets import CaptionImageDataset, item_seed
 from pairfree.world.grid import tile_image
