@@ -24,22 +24,13 @@ from benchmarks.harness import bench_args, markdown_table, measure_ms, run_metad
 from pairfree.flow import few_step_schedule, x0_from_velocity  # noqa: E402
 from pairfree.kernels.dmd import dmd_loss, dmd_loss_reference  # noqa: E402
 from pairfree.models import DiT, DiTConfig  # noqa: E402
+from pairfree.models.presets import tiny_dit_config  # noqa: E402
 from pairfree.unroll import unroll  # noqa: E402
 
 
 def build(args, device, dtype):
     if args.quick:
-        cfg = DiTConfig(
-            in_channels=4,
-            out_channels=4,
-            num_layers=2,
-            num_heads=2,
-            head_dim=16,
-            cross_heads=2,
-            cross_head_dim=16,
-            text_dim=16,
-            patch_size=1,
-        )
+        cfg = tiny_dit_config(channels=4, width=32, text_dim=16, patch_size=1)
         latent, text_len = (2, 4, 8, 8), 7
     else:
         cfg = DiTConfig(num_layers=args.layers)  # SANA-1.6B widths

@@ -164,7 +164,7 @@ def _editor(out: Path, seed: int, minutes: float, spec) -> dict | None:
     kinds = ", ".join(kind for kind, share in DEMO_MIX.items() if share)
     print(f"\n== editor: pair-free training for at most {minutes:g} min ({config.name}, {kinds} edits only:"
           f" --set {' '.join(sets)}) ==")  # fmt: skip
-    EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic, world=spec)).run()
+    EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic, world=spec)).train()
     bench = save_bench(out / "bench", n_per_type=25, seed=seed, spec=spec)
     results = evaluate(run_dir / "model", bench, out / "editor_eval")
     print(markdown_table({k: {"overall": v["overall"]} for k, v in results.items()}))

@@ -195,7 +195,7 @@ def test_prefetch_builds_ahead_and_returns_exactly_the_direct_batches():
 
 def test_batches_reach_the_device_whole():
     """Every tensor of a batch (in dicts, lists, tuples) moves to the loop's device; strings and scenes stay."""
-    from pairfree.pretrain.loop import to_device
+    from pairfree.engine.state import to_device
 
     scene = Scene("red", "plain", [])
     b = {"x": torch.ones(2), "images": [torch.zeros(1, 3), torch.zeros(2, 3)], "pair": (torch.ones(1), "a"), "s": scene}
@@ -330,7 +330,7 @@ def test_teacher_init_starts_from_saved_weights_and_refuses_a_mismatch(tmp_path,
 def test_ema_warm_up_exports_the_trained_model_not_the_initialisation(tmp_path):
     """After a short run the EMA (decay 0.999, warmed up) is nearer the raw weights than the initialisation; a
     0.999 EMA without warm-up would still hold 0.999^N of the initialisation."""
-    from pairfree.pretrain.loop import ema_decay
+    from pairfree.engine.state import ema_decay
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 4)

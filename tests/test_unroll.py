@@ -14,7 +14,8 @@ import torch
 
 from pairfree.flow import few_step_schedule, x0_from_velocity
 from pairfree.memory import LiveBytesMeter, SavedTensorsMeter
-from pairfree.models import DiT, DiTConfig
+from pairfree.models import DiT
+from pairfree.models.presets import tiny_dit_config
 from pairfree.unroll import unroll
 
 SCHEDULE = few_step_schedule(4)
@@ -22,18 +23,7 @@ SCHEDULE = few_step_schedule(4)
 
 def _model(block_ckpt=False, dtype=torch.float64):
     torch.manual_seed(0)
-    cfg = DiTConfig(
-        in_channels=3,
-        out_channels=3,
-        num_layers=2,
-        num_heads=2,
-        head_dim=16,
-        cross_heads=2,
-        cross_head_dim=16,
-        text_dim=8,
-        patch_size=2,
-        gradient_checkpointing=block_ckpt,
-    )
+    cfg = tiny_dit_config(width=32, patch_size=2, gradient_checkpointing=block_ckpt)
     return DiT(cfg).to(dtype)
 
 

@@ -57,6 +57,10 @@ class DiTConfig:
     # linear attention has no positions, so token concatenation alone cannot tell a token where "its"
     # reference token is (the editor turns it on; the teacher's behaviour is unchanged at initialisation)
     reference_skip: bool = False
+    # add the caption's masked-mean embedding to the timestep embedding that drives every block's modulation
+    # (SD3's pooled-text path; not in SANA): a direct route for global words (background, style) that a tiny DiT
+    # trained from scratch otherwise learns late through cross-attention alone
+    pooled_text: bool = False
     gradient_checkpointing: bool = False
 
     @property
@@ -93,8 +97,13 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
         self.modulation = nn.Linear(width, 6 * width)
 
-    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, t: torch.Tensor, dtype: torch.dtype, extra: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``extra`` ``(B, width)`` (the pooled caption, optional) is added to the timestep embedding."""
         emb = self.mlp(timestep_features(t).to(dtype))
+        if extra is not None:
+            emb = emb + extra
         return self.modulation(F.silu(emb)), emb
 
 
@@ -202,6 +211,10 @@ class DiT(nn.Module, PretrainedMixin):
         self.time_embed = TimestepEmbedder(d)
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.text_norm = nn.RMSNorm(d, eps=1e-5)
+        if cfg.pooled_text:
+            self.pooled_proj = nn.Linear(d, d)
+            nn.init.zeros_(self.pooled_proj.weight)  # zero: starts as the model without the pooled path
+            nn.init.zeros_(self.pooled_proj.bias)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
         self.out_modulation = nn.Parameter(torch.randn(2, d) / d**0.5)
         self.out_proj = nn.Linear(d, cfg.patch_size**2 * cfg.out_channels)
@@ -225,6 +238,13 @@ class DiT(nn.Module, PretrainedMixin):
         )
         return pe.to(device=device, dtype=dtype)[None]
 
+    def _pooled(self, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+        """The projected caption's mean over its real tokens (zero for an empty caption)."""
+        if text_mask is None:
+            return self.pooled_proj(text.mean(1))
+        w = text_mask.to(text.dtype)[..., None]
+        return self.pooled_proj((text * w).sum(1) / w.sum(1).clamp(min=1))
+
     def forward(self, x, t, text, text_mask=None, reference=None):
         cfg = self.config
         b, _, hh, ww = x.shape
@@ -236,7 +256,11 @@ class DiT(nn.Module, PretrainedMixin):
         if cfg.pos_embed == "sincos":
             tokens = tokens + self._pos_embed(*grid, x.device, tokens.dtype)
         t = t.expand(b) if t.dim() == 0 else t
-        temb, emb = self.time_embed(t.to(x.device) * cfg.timestep_scale, tokens.dtype)
+        text = self.text_norm(self.text_proj(text))
+        if text_mask is not None:
+            text_mask = text_mask.to(torch.bool)
+        pooled = self._pooled(text, text_mask) if cfg.pooled_text else None
+        temb, emb = self.time_embed(t.to(x.device) * cfg.timestep_scale, tokens.dtype, pooled)
         temb = temb.view(b, 1, 6, -1)
         n = tokens.shape[1]
         if reference is not None:
@@ -250,12 +274,9 @@ class DiT(nn.Module, PretrainedMixin):
             ref = ref + self.reference_embed
             if cfg.pos_embed == "sincos":
                 ref = ref + self._pos_embed(*grid, x.device, tokens.dtype)
-            ref_temb, _ = self.time_embed(torch.zeros_like(t, device=x.device), tokens.dtype)
+            ref_temb, _ = self.time_embed(torch.zeros_like(t, device=x.device), tokens.dtype, pooled)
             tokens = torch.cat([tokens, ref], dim=1)
             temb = torch.cat([temb.expand(b, n, 6, -1), ref_temb.view(b, 1, 6, -1).expand(b, n, 6, -1)], dim=1)
-        text = self.text_norm(self.text_proj(text))
-        if text_mask is not None:
-            text_mask = text_mask.to(torch.bool)
         for block in self.blocks:
             if cfg.gradient_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(block, tokens, temb, text, text_mask, grid, use_reentrant=False)

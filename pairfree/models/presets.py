@@ -45,6 +45,16 @@ def build_from_preset(path: str | Path, device: str | torch.device = "meta") -> 
         return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**data["qwen2_5_vl"]))
 
 
+def tiny_dit_config(channels: int = 3, width: int = 16, text_dim: int = 8, **fields) -> DiTConfig:
+    """A two-layer, two-head DiT of ``width`` for tests, quick benchmarks and examples (``fields``: any other
+    :class:`DiTConfig` field)."""
+    heads = 2
+    return DiTConfig(
+        in_channels=channels, out_channels=channels, num_layers=2, num_heads=heads, head_dim=width // heads,
+        cross_heads=heads, cross_head_dim=width // heads, text_dim=text_dim, **fields,
+    )  # fmt: skip
+
+
 def parameter_count(model: torch.nn.Module) -> int:
     """Distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

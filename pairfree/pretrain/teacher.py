@@ -200,6 +200,9 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         load_init(teacher, cfg.init)
     ds = CaptionImageDataset(10**9, seed=cfg.loop.seed, split="train", resolution=cfg.resolution, spec=spec)
     drop = cfg.model.get("caption_dropout", 0.1)
+    # training t = shift_time(logit-normal, t_shift): the caption decides the image only at high noise (in this
+    # world t ≳ 0.9, docs/experiments/lite-world.md), where a plain logit-normal draws 1.4 % of its samples
+    t_shift = cfg.model.get("t_shift", 1.0)
     on_device = cfg.model.get("render_on_device", False)  # draw the images where the model trains (a GPU)
 
     def batch(step):
@@ -208,7 +211,11 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         g = torch.Generator().manual_seed(item_seed(cfg.loop.seed, "train", step))
         caps = [cap if torch.rand((), generator=g) >= drop else "" for _, cap in examples]
         shape = (len(js), 3, cfg.resolution, cfg.resolution)
-        b = {"captions": caps, "noise": torch.randn(shape, generator=g), "t": logit_normal_t(len(js), generator=g)}
+        b = {
+            "captions": caps,
+            "noise": torch.randn(shape, generator=g),
+            "t": shift_time(logit_normal_t(len(js), generator=g), t_shift),
+        }
         if on_device:
             return {**b, "scenes": [sc for sc, _ in examples]}
         return {**b, "x0": ds.render(sc for sc, _ in examples)}

@@ -38,7 +38,7 @@ def train(args, trainer_cls=None, what: str = "editor") -> int:
         trainer = (trainer_cls or EditorTrainer)(cfg, models.to(device))
         if trainer.is_main:
             print(f"training on {device}")
-    logs = trainer.run(resume=args.resume)
+    logs = trainer.train(resume=args.resume)
     if trainer.is_main:
         print(json.dumps({"step": trainer.step, "skipped": trainer.skipped, **logs}, indent=1, sort_keys=True))
         print(f"{what} in {cfg.out}/model; metrics.jsonl, loss.png and samples/ in {cfg.out}")

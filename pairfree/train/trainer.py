@@ -24,18 +24,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from pairfree.config import to_dict
+from pairfree.engine.loop import run_steps
+from pairfree.engine.runlog import RunLog
+from pairfree.engine.state import atomic_save, ema_update
+from pairfree.engine.strategy import Strategy
 from pairfree.flow import few_step_schedule
 from pairfree.models.bundle import editor_x0
 from pairfree.pretrain.common import Prefetch
-from pairfree.pretrain.loop import ema_decay
-from pairfree.progress import Progress
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import (
     dmd_generator_loss,
@@ -65,94 +66,40 @@ def temperature(cfg: TrainConfig, edit_step: int) -> float:
     return lc.temperature_start + (1 - lc.temperature_start) * min(1.0, edit_step / lc.temperature_steps)
 
 
-class Trainable:
-    """A trained model with its AdamW optimizer — or, under DeepSpeed, its engine (same four calls)."""
-
-    def __init__(self, module, lr: float, betas, weight_decay: float, grad_clip: float, engine=None):
-        self.module, self.engine, self.grad_clip = module, engine, grad_clip
-        self.betas, self.weight_decay = tuple(betas), weight_decay
-        self.params = [p for p in module.parameters() if p.requires_grad]
-        self.opt = None
-        if engine is None:
-            self.opt = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-
-    def set_lr(self, lr: float) -> None:
-        opt = self.opt if self.engine is None else self.engine.optimizer
-        for g in opt.param_groups:
-            g["lr"] = lr
-
-    def keep_config_hyperparameters(self) -> None:
-        """After a checkpoint's optimizer state is loaded: betas and weight decay are the config's again (torch and
-        DeepSpeed restore the checkpoint's, which would silently ignore ``--set optim.betas=...`` on resume)."""
-        opt = self.opt if self.engine is None else self.engine.optimizer
-        for g in opt.param_groups:
-            g["betas"], g["weight_decay"] = self.betas, self.weight_decay
-
-    def backward(self, loss: torch.Tensor) -> None:
-        if self.engine is None:
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-        else:
-            self.engine.backward(loss)
-
-    def clip_and_norm(self) -> float:
-        """Global gradient norm before clipping (clips in place when single-process)."""
-        if self.engine is not None:
-            from pairfree.train.distributed import engine_grad_norm
-
-            return engine_grad_norm(self.engine)
-        return float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf")))
-
-    def step(self) -> None:
-        if self.engine is None:
-            self.opt.step()
-        else:
-            self.engine.step()
-
-    def skip(self, after_backward: bool = True) -> None:
-        """Drop this update. Before any backward there is nothing to undo (an engine then skips the step too)."""
-        if self.engine is None:
-            self.opt.zero_grad(set_to_none=True)
-        elif after_backward:
-            from pairfree.train.distributed import engine_skip
-
-            engine_skip(self.engine)
-
-
 class EditorTrainer:
-    """Owns the models, optimizers, EMA, data and counters of one run; ``run()`` trains to the end."""
+    """Owns the models, optimizers, EMA, data and counters of one run: ``train()`` → ``train_step()`` →
+    ``generator_loss()`` and ``critic_step()``. Updates run on a :class:`~pairfree.engine.strategy.Strategy`
+    (one process by default; DeepSpeed engines under the launcher)."""
 
     TRAINER = "pair-free"  # recorded in the exported model's train.json
 
-    def __init__(
-        self, cfg: TrainConfig, models: EditorModels, rank: int = 0, world_size: int = 1, engines=None, ema=None
-    ):
-        self.cfg, self.m, self.rank, self.world_size = cfg, models, rank, world_size
+    def __init__(self, cfg: TrainConfig, models: EditorModels, strategy: Strategy | None = None, ema=None):
+        self.cfg, self.m = cfg, models
+        self.strategy = strategy = strategy or Strategy()
+        self.rank, self.world_size, self.is_main = strategy.rank, strategy.world_size, strategy.is_main
         oc = cfg.optim
-        engines = engines or {}
-        self.gen = Trainable(models.generator, oc.lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("generator"))
+        self.gen = strategy.optimized("generator", models.generator, oc.lr, oc.betas, oc.weight_decay, oc.grad_clip)
         self.critic = None  # DMD with the delta score has no critic
         if cfg.loss.uses_critic:
             if models.critic is None:
                 raise ValueError("loss.dmd_fake = 'critic' needs a critic: load_models(..., critic=True)")
-            self.critic = Trainable(
-                models.critic, oc.critic_lr, oc.betas, oc.weight_decay, oc.grad_clip, engines.get("critic")
+            self.critic = strategy.optimized(
+                "critic", models.critic, oc.critic_lr, oc.betas, oc.weight_decay, oc.grad_clip
             )
+        self.trained = {"gen": self.gen, **({"critic": self.critic} if self.critic else {})}
         self.ema = ema
         if oc.ema and ema is None:
             self.ema = ema_copy(models.generator)
-        self.zero3 = "generator" in engines and engines["generator"].zero_optimization_stage() == 3
         self.spec = get_spec(cfg.world)
         self.data = EditorDataset(
-            10**12, mix=cfg.mix, seed=cfg.seed, split="train", resolution=cfg.models.resolution, rank=rank,
-            world_size=world_size, spec=self.spec,
+            10**12, mix=cfg.mix, seed=cfg.seed, split="train", resolution=cfg.models.resolution, rank=self.rank,
+            world_size=self.world_size, spec=self.spec,
         )  # fmt: skip
         self._items = Prefetch(self._build_batch, cfg.prefetch) if cfg.prefetch else self._build_batch
         self.schedule = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
         self.device = next(models.generator.parameters()).device
         self.step, self.skipped, self.wall = 0, 0, 0.0
         self.out = Path(cfg.out)
-        self.is_main = rank == 0
 
     # ------------------------------------------------------------------------------------------ data ---
     def batch(self, step: int) -> list[dict]:
@@ -179,6 +126,16 @@ class EditorTrainer:
 
     # ----------------------------------------------------------------------------- stage 1: editing ---
     def edit_step(self, step: int) -> dict:
+        """One pair-free update: the generator's loss and update, then N_aux critic updates."""
+        loss, logs, fakes = self.generator_loss(step)
+        logs = self.update(loss, logs)
+        if fakes is not None and self.critic is not None:
+            logs.update(self.critic_step(*fakes))
+        return logs
+
+    def generator_loss(self, step: int) -> tuple[torch.Tensor, dict, tuple | None]:
+        """The generator's loss on batch ``step`` (steps 1–4 of the module docstring), its logs, and what the critic
+        trains on next (the detached edited samples, their captions and generators; None without edits)."""
         cfg, lc = self.cfg, self.cfg.loss
         items, gens = self.batch(step), self.generators(step)
         images = torch.stack([it["image"] for it in items]).to(self.device)
@@ -246,18 +203,16 @@ class EditorTrainer:
             excess = excess_variation_loss(decoded, images)
             loss = loss + lc.noise_weight * excess
             logs["noise"] = excess.item()
-        logs = self.update(loss, logs)
+        return loss, logs, ((x0[edit].detach(), captions, edit_gens) if edit else None)
 
-        # 5. N_aux critic updates on the generator's detached samples (edited captions)
-        if edit and self.critic is not None:
-            samples = x0[edit].detach()
-            for _ in range(cfg.optim.critic_updates):
-                c_loss = flow_loss(self.critic.module, samples, captions, edit_gens)
-                self.critic.backward(c_loss)
-                self.critic.clip_and_norm()
-                self.critic.step()
-            logs["critic"] = c_loss.item()
-        return logs
+    def critic_step(self, samples: torch.Tensor, captions: list[str], generators) -> dict:
+        """5. N_aux critic updates: the flow loss on the generator's detached samples under their edited captions."""
+        for _ in range(self.cfg.optim.critic_updates):
+            c_loss = flow_loss(self.critic.module, samples, captions, generators)
+            self.critic.backward(c_loss)
+            self.critic.clip_and_norm()
+            self.critic.step()
+        return {"critic": c_loss.item()}
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -268,12 +223,7 @@ class EditorTrainer:
     def update(self, loss: torch.Tensor, logs: dict) -> dict:
         """Backward, clip, skip on a non-finite loss or an exploding gradient (counted), step, EMA."""
         oc = self.cfg.optim
-        finite = bool(torch.isfinite(loss.detach()))
-        if self.world_size > 1:
-            from pairfree.train.distributed import all_true
-
-            finite = all_true(finite, self.device)
-        if not finite:
+        if not self.strategy.all_true(bool(torch.isfinite(loss.detach()))):
             self.skipped += 1
             self.gen.skip(after_backward=False)
             return {**logs, "loss": float("nan"), "skipped": self.skipped}
@@ -286,32 +236,20 @@ class EditorTrainer:
         self.gen.step()
         if self.ema is not None:
             trained = trained_part(self.gen.module)
-            with torch.no_grad(), self._whole(trained):
-                ema = self.ema.dit if trained is self.gen.module.dit else self.ema
-                decay = ema_decay(self.step, oc.ema)
-                for pe, pm in zip(ema.parameters(), trained.parameters()):
-                    pe.lerp_(pm.detach().to(pe.dtype), 1 - decay)
+            with self.strategy.whole(trained):
+                ema_update(self.ema.dit if trained is self.gen.module.dit else self.ema, trained, self.step, oc.ema)
         return {**logs, "loss": loss.item(), "grad_norm": gnorm, "skipped": self.skipped}
 
     # ----------------------------------------------------------------------------------- checkpoints ---
-    def _whole(self, module):
-        """Context in which ``module``'s parameters are whole (ZeRO-3 gathers them; a no-op otherwise)."""
-        from contextlib import nullcontext
-
-        if not self.zero3:
-            return nullcontext()
-        from pairfree.train.distributed import gathered
-
-        return gathered(module, True)
-
     def state_dict(self) -> dict:
-        single = self.world_size == 1  # under DeepSpeed the engines write their own checkpoints
+        trained = self.strategy.state_dicts(self.trained)  # under DeepSpeed: None (the engines save their own)
+        part = lambda name, key: (trained.get(name) or {}).get(key)
         return {
-            "generator": self.gen.module.state_dict() if single else None,
-            "critic": self.critic.module.state_dict() if single and self.critic else None,
+            "generator": part("gen", "module"),
+            "critic": part("critic", "module"),
+            "gen_opt": part("gen", "optimizer"),
+            "critic_opt": part("critic", "optimizer"),
             "ema": None if self.ema is None else self.ema.state_dict(),
-            "gen_opt": None if self.gen.opt is None else self.gen.opt.state_dict(),
-            "critic_opt": None if self.critic is None or self.critic.opt is None else self.critic.opt.state_dict(),
             "step": self.step,
             "skipped": self.skipped,
             "wall_s": self.wall,
@@ -321,14 +259,9 @@ class EditorTrainer:
     def save(self) -> Path:
         """Atomic checkpoint (temp file + rename) of everything a resumed run needs."""
         path = self.out / "checkpoint.pt"
-        if self.world_size > 1:
-            from pairfree.train.distributed import save_engines
-
-            save_engines(self)
+        self.strategy.save(self.trained, self.out)
         if self.is_main:
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
+            atomic_save(self.state_dict(), path)
         return path
 
     def load(self) -> None:
@@ -336,94 +269,68 @@ class EditorTrainer:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from (run without --resume first)")
         state = torch.load(path, map_location=self.device, weights_only=False)
-        if self.world_size > 1:
-            from pairfree.train.distributed import load_engines
-
-            load_engines(self)
-        else:
-            self.gen.module.load_state_dict(state["generator"])
-            self.gen.opt.load_state_dict(state["gen_opt"])
-            if self.critic is not None:  # (a critic in the checkpoint of a run that has none is not needed)
-                if state["critic"] is None:
-                    raise ValueError(
-                        f"{path}: the checkpoint has no critic (written with loss.dmd_fake = 'delta'); resume it "
-                        "with loss.dmd_fake=delta"
-                    )
-                self.critic.module.load_state_dict(state["critic"])
-                self.critic.opt.load_state_dict(state["critic_opt"])
-        for trained in (self.gen, self.critic):
-            if trained is not None:
-                trained.keep_config_hyperparameters()
+        if self.critic is not None and state["critic"] is None and state["generator"] is not None:
+            raise ValueError(
+                f"{path}: the checkpoint has no critic (written with loss.dmd_fake = 'delta'); resume it "
+                "with loss.dmd_fake=delta"
+            )
+        # (a critic in the checkpoint of a run that has none is not needed)
+        keys = {"gen": ("generator", "gen_opt"), "critic": ("critic", "critic_opt")}
+        states = {n: {"module": state[keys[n][0]], "optimizer": state[keys[n][1]]} for n in self.trained}
+        self.strategy.load(self.trained, states, self.out)
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.skipped, self.wall = state["step"], state["skipped"], state["wall_s"]
 
     # ------------------------------------------------------------------------------------------- run ---
-    def run(self, resume: bool = False, stop_after: int | None = None) -> dict:
+    def train_step(self, step: int) -> dict:
+        """One generator update (stage 0: copy; stage 1: editing), logs averaged over ranks."""
+        cfg = self.cfg
+        if step < cfg.copy_steps:
+            self.gen.set_lr(cfg.optim.warmup_lr)
+            logs = {"stage": "copy", **self.copy_step(step)}
+        else:
+            self.gen.set_lr(cfg.optim.lr)
+            logs = {"stage": "edit", **self.edit_step(step)}
+        self.step = step + 1
+        average = lambda k, v: v if k in RANK_INVARIANT or isinstance(v, str) else self.strategy.all_mean(v)
+        return {k: average(k, v) for k, v in logs.items()}
+
+    def train(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Train to ``copy_steps + steps`` (or ``stop_after`` steps, for tests); returns the last logs."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load()
         total = cfg.copy_steps + cfg.steps
-        metrics_path = self.out / "metrics.jsonl"
-        if self.is_main and resume and metrics_path.is_file():  # drop lines logged after the checkpoint
-            kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
-            metrics_path.write_text("".join(ln + "\n" for ln in kept))
-        writer = self._tensorboard() if cfg.tensorboard and self.is_main else None
-        bar = Progress(total, initial=self.step, desc="pairfree train", disable=not self.is_main)
-        t0, wall0, logs = time.time(), self.wall, {}
-        with open(metrics_path, "a") if self.is_main else open(os.devnull, "w") as log:
-            while self.step < total and (stop_after is None or self.step < stop_after):
-                s = self.step
-                if s < cfg.copy_steps:
-                    self.gen.set_lr(cfg.optim.warmup_lr)
-                    logs = self.copy_step(s)
-                else:
-                    self.gen.set_lr(cfg.optim.lr)
-                    logs = self.edit_step(s)
-                if self.world_size > 1:  # loss terms averaged over ranks (= the global batch's)
-                    from pairfree.train.distributed import all_mean
+        log = RunLog(self.out, self.step if resume else None, self.is_main, cfg.tensorboard, "pairfree train")
 
-                    logs = {k: v if k in RANK_INVARIANT else all_mean(v, self.device) for k, v in logs.items()}
-                self.step = s + 1
-                self.wall = wall0 + time.time() - t0
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in SHOWN})
-                if self.step % cfg.log_every == 0 or self.step == total:
-                    log.write(
-                        json.dumps({"step": self.step, "stage": "copy" if s < cfg.copy_steps else "edit", **logs})
-                        + "\n"
-                    )
-                    log.flush()
-                    if writer is not None:
-                        for k, v in logs.items():
-                            writer.add_scalar(k, v, self.step)
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.is_main and not self.zero3:
-                    self.save_samples(self.out / "samples" / f"step_{self.step:06d}.png")
-                if self.step % cfg.ckpt_every == 0:
-                    self.save()
-                if cfg.max_minutes and self.wall > cfg.max_minutes * 60:
-                    break
-        bar.close()
-        self.save()
-        with self._whole(self.gen.module) if self.ema is None else torch.no_grad():
+        def save(step, wall):
+            self.wall = wall
+            self.save()
+
+        def samples(step, wall):
+            if (
+                cfg.sample_every
+                and step % cfg.sample_every == 0
+                and self.is_main
+                and not self.strategy.gathers_parameters
+            ):
+                self.save_samples(self.out / "samples" / f"step_{step:06d}.png")
+            return []
+
+        try:
+            result = run_steps(
+                self.train_step, self.step, total if stop_after is None else min(total, stop_after), log, save,
+                log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, max_minutes=cfg.max_minutes, wall_s=self.wall,
+                desc="pairfree train", shown=SHOWN, after_step=samples, show_progress=self.is_main,
+            )  # fmt: skip
+        finally:
+            log.close()
+        with self.strategy.whole(self.gen.module) if self.ema is None else torch.no_grad():
             if self.is_main:
                 self.export(self.out / "model")
-        if self.is_main:
-            from pairfree.pretrain.loop import plot_curve
-
-            plot_curve(metrics_path, self.out / "loss.png", "pairfree train")
-        return logs
-
-    def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise RuntimeError(
-                f"tensorboard: true needs the tensorboard package ({e}); pip install tensorboard"
-            ) from None
-        return SummaryWriter(self.out / "tensorboard")
+        return {k: v for k, v in result.logs.items() if k != "stage"}
 
     def export(self, path: Path) -> Path:
         """The (EMA) generator as an editor directory that ``EditPipeline.from_pretrained`` loads."""

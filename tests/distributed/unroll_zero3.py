@@ -14,20 +14,11 @@ import torch
 import torch.distributed as dist
 
 from pairfree.flow import few_step_schedule, x0_from_velocity
-from pairfree.models import DiT, DiTConfig
+from pairfree.models import DiT
+from pairfree.models.presets import tiny_dit_config
 from pairfree.unroll import unroll
 
-CFG = DiTConfig(
-    in_channels=3,
-    out_channels=3,
-    num_layers=2,
-    num_heads=2,
-    head_dim=8,
-    cross_heads=2,
-    cross_head_dim=8,
-    text_dim=8,
-    patch_size=2,
-)
+CFG = tiny_dit_config(width=16, patch_size=2)
 GLOBAL_BATCH = 4
 
 

@@ -173,3 +173,28 @@ def test_softmax_self_attention_option_is_sdpa_over_the_same_projections():
     torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="self_attn: expected 'linear' or 'softmax'"):
         DiTConfig(self_attn="flash")
+
+
+def test_pooled_text_adds_the_masked_caption_mean_to_the_timestep_embedding():
+    """``pooled_text`` (SD3's pooled path, a deviation from SANA): zero-initialised, the model computes what it does
+    without it; trained, the modulation sees ``pooled_proj(mean of the real caption tokens)`` — padding ignored —
+    added to the timestep embedding."""
+    small = dict(in_channels=4, out_channels=4, num_layers=2, num_heads=2, head_dim=8, cross_heads=2,
+                 cross_head_dim=8, text_dim=12, norm="rms")  # fmt: skip
+    torch.manual_seed(0)
+    plain = DiT(DiTConfig(**small)).eval()
+    pooled = DiT(DiTConfig(**small, pooled_text=True)).eval()
+    pooled.load_state_dict(plain.state_dict(), strict=False)
+    x, t, text, mask = _inputs()
+    torch.testing.assert_close(pooled(x, t, text, mask), plain(x, t, text, mask))
+    torch.nn.init.normal_(pooled.pooled_proj.weight)
+    seen = {}
+    pooled.time_embed.register_forward_hook(lambda m, args, out: seen.update(extra=seen.get("extra", args[2])))
+    pooled(x, t, text, mask)
+    projected = pooled.text_norm(pooled.text_proj(text))
+    expected = torch.stack([projected[i, mask[i].bool()].mean(0) for i in range(len(x))])
+    torch.testing.assert_close(seen["extra"], pooled.pooled_proj(expected))
+    # padding is ignored: changing a padded token's embedding changes nothing
+    text2 = text.clone()
+    text2[0, 4] += 5.0
+    torch.testing.assert_close(pooled(x, t, text2, mask), pooled(x, t, text, mask))

@@ -48,7 +48,7 @@ def test_preset_loads_and_trains_in_latent_space(preset, paper_dirs, tmp_path):
     assert gen_params and all(n.startswith("dit.") for n in gen_params)
     trainer = EditorTrainer(cfg, models)
     before = {k: v.clone() for k, v in trainer.ema.dit.state_dict().items()}
-    logs = trainer.run()
+    logs = trainer.train()
     assert trainer.ema.text is models.teacher.text  # the EMA shares the frozen text encoder, copies the DiT
     moved = [k for k, v in trainer.ema.dit.state_dict().items() if not torch.equal(v, before[k])]
     assert "blocks.0.self_attn.qkv.weight" in moved

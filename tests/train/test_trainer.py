@@ -74,7 +74,7 @@ def test_training_loop_never_receives_a_target_image(tiny_models, tmp_path, monk
         return items
 
     trainer.batch = batch
-    trainer.run()
+    trainer.train()
     assert seen_keys == set(EDITOR_KEYS)
     n = (trainer.cfg.copy_steps + trainer.cfg.steps) * trainer.cfg.batch
     edits = [sample_edit(item_seed(0, "train", i), DEFAULT_MIX, templates="train") for i in range(n)]
@@ -89,7 +89,7 @@ class _Crash(Exception):
 @pytest.mark.parametrize("fake", ["critic", "delta"])
 def test_resume_continues_identically(tiny_models, tmp_path, fake):
     full = _trainer(tiny_models, tmp_path / "a", **{"loss.dmd_fake": fake})
-    full.run()
+    full.train()
     crashed = _trainer(tiny_models, tmp_path / "b", **{"loss.dmd_fake": fake})
     real = crashed.edit_step
 
@@ -100,9 +100,9 @@ def test_resume_continues_identically(tiny_models, tmp_path, fake):
 
     crashed.edit_step = edit_step
     with pytest.raises(_Crash):
-        crashed.run()
+        crashed.train()
     resumed = _trainer(tiny_models, tmp_path / "b", **{"loss.dmd_fake": fake})
-    resumed.run(resume=True)
+    resumed.train(resume=True)
     a, b = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
     assert a == b  # every loss term, k, grad norm and judge probability of steps 3..5
@@ -116,7 +116,7 @@ def test_resume_continues_identically(tiny_models, tmp_path, fake):
 def test_skips_non_finite_and_exploding_updates(tiny_models, tmp_path):
     trainer = _trainer(tiny_models, tmp_path, **{"optim.skip_grad_norm": 1e-9})
     before = [p.detach().clone() for p in trainer.gen.module.parameters()]
-    logs = trainer.run()
+    logs = trainer.train()
     assert trainer.skipped == 5 and logs["skipped"] == 5
     for p, q in zip(before, trainer.gen.module.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)  # no update was applied
@@ -273,9 +273,9 @@ def test_delta_dmd_uses_the_source_caption_and_trains_no_critic(tiny_models, tmp
 
 def test_resuming_a_delta_run_with_the_critic_is_a_clear_error(tiny_models, tmp_path):
     """A checkpoint written without a critic cannot silently start a fresh one; the error names the fix."""
-    _trainer(tiny_models, tmp_path, **{"loss.dmd_fake": "delta"}).run()
+    _trainer(tiny_models, tmp_path, **{"loss.dmd_fake": "delta"}).train()
     with pytest.raises(ValueError, match="no critic.*resume it with loss.dmd_fake=delta"):
-        _trainer(tiny_models, tmp_path, **{"loss.dmd_fake": "critic"}).run(resume=True)
+        _trainer(tiny_models, tmp_path, **{"loss.dmd_fake": "critic"}).train(resume=True)
     with pytest.raises(ValueError, match="loss.dmd_fake = 'critic' needs a critic"):
         cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(tiny_models, tmp_path))
         EditorTrainer(cfg, load_models(cfg.models, critic=False))
@@ -285,7 +285,7 @@ def test_resume_takes_the_configs_optimizer_settings(tiny_models, tmp_path):
     """torch restores an optimizer's betas and weight decay with its moments; ``--resume --set optim.betas=...``
     must still train with the config's, while the moments come back from the checkpoint."""
     first = _trainer(tiny_models, tmp_path, **{"loss.dmd_fake": "critic"})
-    first.run()
+    first.train()
     moments = [s["exp_avg_sq"].clone() for s in first.gen.opt.state.values()]
     more = {"loss.dmd_fake": "critic", "optim.betas": "[0.9,0.99]", "optim.weight_decay": "0.01"}
     resumed = _trainer(tiny_models, tmp_path, **more)
