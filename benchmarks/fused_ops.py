@@ -36,10 +36,10 @@ def _sana_eager(q, k, v):
     return (out[:, :, :-1] / (out[:, :, -1:] + 1e-15)).transpose(-1, -2).to(q.dtype)
 
 
-def _full_vocab_logits_loss(h, w, yes, no, target, temperature):
+def _full_vocab_logits_loss(h, w, yes, no, target, logit_scale):
     """What a plain VLM loss does: full-vocabulary logits, then the two entries."""
     logits = (h @ w.T).float()
-    return F.cross_entropy(logits[:, [no, yes]] / temperature, target, reduction="none")
+    return F.cross_entropy(logits[:, [no, yes]] * logit_scale, target, reduction="none")
 
 
 def cases(device, dtype, quick):

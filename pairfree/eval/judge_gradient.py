@@ -31,8 +31,8 @@ class JudgeEnsemble:
     def __init__(self, judges):
         self.judges = list(judges)
 
-    def loss(self, images, questions, target_yes, temperature: float = 1.0, full_vocab: bool = False):
-        each = [j.loss(images, questions, target_yes, temperature, full_vocab) for j in self.judges]
+    def loss(self, images, questions, target_yes, logit_scale: float = 1.0, full_vocab: bool = False):
+        each = [j.loss(images, questions, target_yes, logit_scale, full_vocab) for j in self.judges]
         return torch.stack(each).mean(0)
 
     def parameters(self):

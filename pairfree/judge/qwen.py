@@ -162,7 +162,7 @@ class QwenJudge(nn.Module):
         return h @ rows.T if h.dtype == torch.float64 else (h @ rows.T).float()
 
     def loss(
-        self, images, questions, target_yes: torch.Tensor, temperature: float = 1.0, full_vocab: bool = False
+        self, images, questions, target_yes: torch.Tensor, logit_scale: float = 1.0, full_vocab: bool = False
     ) -> torch.Tensor:
         """Per-question loss ``(B,)`` toward the target answers (1 = Yes): the fused two-token CE, or the
         full-vocabulary CE of the paper's ablation (chunked)."""
@@ -174,7 +174,7 @@ class QwenJudge(nn.Module):
             weight = self.head_weight()
         else:  # the two rows suffice: [No, Yes]
             weight, no_id, yes_id = self.head_weight(self.answer_ids), 0, 1
-        return judge_loss(h, weight, yes_id, no_id, target_yes.to(h.device), temperature, full_vocab=full_vocab)
+        return judge_loss(h, weight, yes_id, no_id, target_yes.to(h.device), logit_scale, full_vocab=full_vocab)
 
     def caption_loss(
         self, images: torch.Tensor, captions: list[str], instruction: str = "Describe the image."
@@ -216,9 +216,9 @@ def answer_positions(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def two_token_loss(logits: torch.Tensor, target_yes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-question CE over [No, Yes] logits toward the target answer = ``−log σ((ℓ_target − ℓ_other)/τ)``."""
-    return F.cross_entropy(logits / temperature, target_yes.long(), reduction="none")
+def two_token_loss(logits: torch.Tensor, target_yes: torch.Tensor, logit_scale: float = 1.0) -> torch.Tensor:
+    """Per-question CE over [No, Yes] logits toward the target answer = ``−log σ(s · (ℓ_target − ℓ_other))``."""
+    return F.cross_entropy(logits * logit_scale, target_yes.long(), reduction="none")
 
 
 def load_qwen_judge(

@@ -1,11 +1,12 @@
 """The judge's Yes/No loss straight from the final hidden state: never the full-vocabulary logits.
 
-    ℓ_yes = h·W[yes],  ℓ_no = h·W[no],  loss = CE([ℓ_no, ℓ_yes] / τ, target) = softplus(−(ℓ_target − ℓ_other)/τ)
+    ℓ_yes = h·W[yes],  ℓ_no = h·W[no],  loss = CE(s · [ℓ_no, ℓ_yes], target) = softplus(−s · (ℓ_target − ℓ_other))
 
 ``h (B, D)`` is the judge's last hidden state at the answer position, ``W (V, D)`` its ``lm_head`` weight,
-``target (B,)`` 1 for Yes, 0 for No, τ the temperature (the trainer warms it up 0.1 → 1). Memory O(B·D): one
+``target (B,)`` 1 for Yes, 0 for No, s the logit scale (the paper's "temperature" τ, which the trainer warms up
+0.1 → 1: soft answers early). Memory O(B·D): one
 Triton program per row reads h and the two weight rows once, writes the loss and (for backward) the sigmoid
-of the margin; the backward writes dh = (σ(m) − 1)/τ · (W[target] − W[other]) · dloss. The full-vocabulary
+of the margin; the backward writes dh = (σ(m) − 1) · s · (W[target] − W[other]) · dloss. The full-vocabulary
 cross-entropy of the paper's ablation has the same interface (:func:`judge_loss` with ``full_vocab=True``), in
 chunks over the vocabulary so its memory is O(B·chunk), not O(B·V).
 """
@@ -24,25 +25,25 @@ except ImportError:  # pragma: no cover
     triton = None
 
 
-def judge_loss_reference(h, weight, yes_id: int, no_id: int, target, temperature: float = 1.0):
+def judge_loss_reference(h, weight, yes_id: int, no_id: int, target, logit_scale: float = 1.0):
     """Two-token CE per row, in fp32 (fp64 for fp64 inputs)."""
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     logits = h.to(acc) @ weight[[no_id, yes_id]].to(acc).T  # (B, 2): [No, Yes]
-    return F.cross_entropy(logits / temperature, target.long(), reduction="none")
+    return F.cross_entropy(logits * logit_scale, target.long(), reduction="none")
 
 
-def full_vocab_loss_reference(h, weight, yes_id: int, no_id: int, target, temperature: float = 1.0):
+def full_vocab_loss_reference(h, weight, yes_id: int, no_id: int, target, logit_scale: float = 1.0):
     """Full-vocabulary CE toward the Yes or No token (materialises (B, V) logits: the thing to avoid)."""
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     logits = h.to(acc) @ weight.to(acc).T
     ids = torch.where(target.bool(), yes_id, no_id)
-    return F.cross_entropy(logits / temperature, ids, reduction="none")
+    return F.cross_entropy(logits * logit_scale, ids, reduction="none")
 
 
 if triton is not None:
 
     @triton.jit
-    def _fwd_kernel(H, W, T, LOSS, SIG, D, shb, swv, yes_id, no_id, inv_temp, BLOCK_D: tl.constexpr):
+    def _fwd_kernel(H, W, T, LOSS, SIG, D, shb, swv, yes_id, no_id, scale, BLOCK_D: tl.constexpr):
         b = tl.program_id(0)
         target = tl.load(T + b)
         l_yes = tl.zeros([BLOCK_D], tl.float32)
@@ -53,8 +54,8 @@ if triton is not None:
             h = tl.load(H + b * shb + offs, mask=m, other=0.0).to(tl.float32)
             l_yes += h * tl.load(W + yes_id * swv + offs, mask=m, other=0.0).to(tl.float32)
             l_no += h * tl.load(W + no_id * swv + offs, mask=m, other=0.0).to(tl.float32)
-        diff = (tl.sum(l_yes, 0) - tl.sum(l_no, 0)) * inv_temp
-        margin = tl.where(target != 0, diff, -diff)  # (ℓ_target − ℓ_other)/τ
+        diff = (tl.sum(l_yes, 0) - tl.sum(l_no, 0)) * scale
+        margin = tl.where(target != 0, diff, -diff)  # s · (ℓ_target − ℓ_other)
         # softplus(−m) = max(−m, 0) + log(1 + exp(−|m|)), stable for either sign
         e = tl.exp(-tl.abs(margin))  # never overflows
         loss = tl.maximum(-margin, 0.0) + tl.log(1.0 + e)
@@ -63,10 +64,10 @@ if triton is not None:
         tl.store(SIG + b, sig)
 
     @triton.jit
-    def _bwd_kernel(DLOSS, SIG, T, W, DH, D, swv, sdhb, yes_id, no_id, inv_temp, BLOCK_D: tl.constexpr):
+    def _bwd_kernel(DLOSS, SIG, T, W, DH, D, swv, sdhb, yes_id, no_id, scale, BLOCK_D: tl.constexpr):
         b = tl.program_id(0)
         target = tl.load(T + b)
-        coef = (tl.load(SIG + b) - 1.0) * inv_temp * tl.load(DLOSS + b).to(tl.float32)
+        coef = (tl.load(SIG + b) - 1.0) * scale * tl.load(DLOSS + b).to(tl.float32)
         coef = tl.where(target != 0, coef, -coef)  # d/dh of (ℓ_yes − ℓ_no) carries the sign of the target
         for d0 in range(0, D, BLOCK_D):
             offs = d0 + tl.arange(0, BLOCK_D)
@@ -82,7 +83,7 @@ def _block(d: int) -> int:
 
 class _TritonJudgeLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, yes_id, no_id, target, temperature):
+    def forward(ctx, h, weight, yes_id, no_id, target, logit_scale):
         b, d = h.shape
         loss = torch.empty(b, device=h.device, dtype=torch.float32)
         sig = torch.empty_like(loss)
@@ -98,17 +99,17 @@ class _TritonJudgeLoss(torch.autograd.Function):
             weight.stride(0),
             yes_id,
             no_id,
-            1.0 / temperature,
+            logit_scale,
             BLOCK_D=_block(d),
         )
         ctx.save_for_backward(h, weight, t, sig)
-        ctx.args = (yes_id, no_id, temperature)
+        ctx.args = (yes_id, no_id, logit_scale)
         return loss
 
     @staticmethod
     def backward(ctx, dloss):
         h, weight, t, sig = ctx.saved_tensors
-        yes_id, no_id, temperature = ctx.args
+        yes_id, no_id, logit_scale = ctx.args
         dh = None
         if ctx.needs_input_grad[0]:
             dh = torch.empty_like(h)
@@ -123,12 +124,12 @@ class _TritonJudgeLoss(torch.autograd.Function):
                 dh.stride(0),
                 yes_id,
                 no_id,
-                1.0 / temperature,
+                logit_scale,
                 BLOCK_D=_block(h.shape[1]),
             )
         dw = None
         if ctx.needs_input_grad[1]:  # rare (the judge is frozen): only two rows are non-zero
-            coef = (sig - 1.0) / temperature * dloss.float() * torch.where(t != 0, 1.0, -1.0)
+            coef = (sig - 1.0) * logit_scale * dloss.float() * torch.where(t != 0, 1.0, -1.0)
             dw = torch.zeros_like(weight)
             dw[yes_id] += (coef[:, None] * h.float()).sum(0).to(weight.dtype)
             dw[no_id] -= (coef[:, None] * h.float()).sum(0).to(weight.dtype)
@@ -139,25 +140,25 @@ class _ChunkedFullVocabLoss(torch.autograd.Function):
     """Full-vocabulary CE computed chunk by chunk over V in forward and backward (O(B·chunk) memory)."""
 
     @staticmethod
-    def forward(ctx, h, weight, ids, temperature, chunk):
+    def forward(ctx, h, weight, ids, logit_scale, chunk):
         hf = h.float()
         lse = torch.full((h.shape[0],), float("-inf"), device=h.device)
         for v0 in range(0, weight.shape[0], chunk):
-            lse = torch.logaddexp(lse, torch.logsumexp(hf @ weight[v0 : v0 + chunk].float().T / temperature, -1))
-        target_logit = (hf * weight[ids].float()).sum(-1) / temperature
+            lse = torch.logaddexp(lse, torch.logsumexp(hf @ weight[v0 : v0 + chunk].float().T * logit_scale, -1))
+        target_logit = (hf * weight[ids].float()).sum(-1) * logit_scale
         ctx.save_for_backward(h, weight, ids, lse)
-        ctx.args = (temperature, chunk)
+        ctx.args = (logit_scale, chunk)
         return lse - target_logit
 
     @staticmethod
     def backward(ctx, dloss):
         h, weight, ids, lse = ctx.saved_tensors
-        temperature, chunk = ctx.args
-        hf, g = h.float(), dloss.float()[:, None] / temperature
+        logit_scale, chunk = ctx.args
+        hf, g = h.float(), dloss.float()[:, None] * logit_scale
         dh = -(g * weight[ids].float())
         for v0 in range(0, weight.shape[0], chunk):
             w = weight[v0 : v0 + chunk].float()
-            p = torch.exp(hf @ w.T / temperature - lse[:, None])
+            p = torch.exp(hf @ w.T * logit_scale - lse[:, None])
             dh += (g * p) @ w
         return dh.to(h.dtype), None, None, None, None
 
@@ -168,7 +169,7 @@ def judge_loss(
     yes_id: int,
     no_id: int,
     target,
-    temperature: float = 1.0,
+    logit_scale: float = 1.0,
     full_vocab: bool = False,
     chunk: int = 8192,
     backend: str = "auto",
@@ -184,10 +185,10 @@ def judge_loss(
             raise ValueError(f"judge_loss: {name}={i} is outside the vocabulary of {weight.shape[0]} rows")
     if full_vocab:
         ids = torch.where(target.bool(), yes_id, no_id)
-        return _ChunkedFullVocabLoss.apply(h, weight, ids, temperature, chunk)
+        return _ChunkedFullVocabLoss.apply(h, weight, ids, logit_scale, chunk)
     backend = dispatch.select("judge_loss", h.device, backend)
     if backend == "reference":
-        return judge_loss_reference(h, weight, yes_id, no_id, target, temperature)
+        return judge_loss_reference(h, weight, yes_id, no_id, target, logit_scale)
     h = h if h.stride(-1) == 1 else h.contiguous()
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
-    return _TritonJudgeLoss.apply(h, weight, int(yes_id), int(no_id), target, float(temperature))
+    return _TritonJudgeLoss.apply(h, weight, int(yes_id), int(no_id), target, float(logit_scale))

@@ -52,7 +52,9 @@ class LossConfig:
 
     vlm_weight: float = 0.02  # × mean(edit-verification CE, identity CE)
     identity_question: bool = True
-    temperature_start: float = 0.1  # judge-logit temperature warm-up, linear to 1 over temperature_steps
+    # the judge-logit "temperature" τ of the paper's reimplementation, CE(logits · τ) (a scale, not a divisor:
+    # soft answers early), linear from temperature_start to 1 over temperature_steps
+    temperature_start: float = 0.1
     temperature_steps: int = 2000
     full_vocab: bool = False  # the paper's ablation: CE over the whole vocabulary
     judge_noise: float = 0.0  # σ of Gaussian noise on the output the judge sees (pixel fine print cannot fool it)

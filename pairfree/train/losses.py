@@ -36,7 +36,9 @@ def vlm_editing_loss(
     """Mean over samples of mean(verification CE, identity CE), both questions in one batched judge pass.
 
     ``questions[i]`` = [verify, identity] dicts (``JudgeQuestion.to_dict``); the targets come from them (remove:
-    "is there <object>?" → No). Returns the loss and the judge's mean P(target) per role (for the progress bar).
+    "is there <object>?" → No). ``temperature`` τ scales the answer logits, CE(logits · τ), as in the paper's
+    public reimplementation: τ < 1 early makes the answers soft and the judge's pull gentle. Returns the loss and
+    the judge's mean P(target) per role at τ = 1 (for the progress bar).
     """
     roles = ("verify", "identity") if identity else ("verify",)
     images, texts, targets, role_of = [], [], [], []
@@ -49,11 +51,11 @@ def vlm_editing_loss(
             targets.append(1.0 if q["target"] == "Yes" else 0.0)
             role_of.append(q["role"])
     target = torch.tensor(targets, device=outputs.device)
-    per_q = judge.loss(images, texts, target, temperature=temperature, full_vocab=full_vocab)
+    per_q = judge.loss(images, texts, target, logit_scale=temperature, full_vocab=full_vocab)
     role_t = torch.tensor([roles.index(r) for r in role_of], device=outputs.device)
     per_role = torch.stack([per_q[role_t == i].mean() for i in range(len(roles))])
-    with torch.no_grad():  # P(target answer) at temperature 1, recovered from CE_τ = softplus(−Δ/τ)
-        margin = -temperature * torch.log(torch.expm1(per_q.detach().double()).clamp_min(1e-300))
+    with torch.no_grad():  # P(target answer) at τ = 1, recovered from CE_τ = softplus(−τ·Δ)
+        margin = -torch.log(torch.expm1(per_q.detach().double()).clamp_min(1e-300)) / temperature
         p = torch.sigmoid(margin).float()
     stats = {f"p_{r}": p[role_t == i].mean().item() for i, r in enumerate(roles)}
     return per_role.mean(), stats

@@ -6,7 +6,7 @@ Read top to bottom, one generator update is:
 2. the generator unrolls the few-step sampler from noise (random k, gradients through every step,
    checkpointed), conditioned on the clean input's tokens and the instruction → x̂0;
 3. the VLM editing loss: the frozen judge is asked the verification and identity questions about
-   (input, x̂0), two-token CE toward the targets, logit temperature warmed up;
+   (input, x̂0), two-token CE(logits · τ) toward the targets, τ warmed up 0.1 → 1 (soft answers first);
 4. the DMD loss: x̂0 is re-noised, the frozen teacher (CFG on the edited caption) and the online critic
    predict x0; x̂0 moves toward the teacher and away from the critic (``loss.dmd_fake: delta``: away from the
    teacher's own pull on the input under its source caption instead — no critic);
@@ -59,7 +59,7 @@ def seeded(seed: int, stream: str, index: int, device) -> torch.Generator:
 
 
 def temperature(cfg: TrainConfig, edit_step: int) -> float:
-    """Judge-logit temperature: linear warm-up from ``temperature_start`` to 1."""
+    """The judge-logit scale τ of CE(logits · τ): linear warm-up from ``temperature_start`` to 1."""
     lc = cfg.loss
     if lc.temperature_steps <= 0:
         return 1.0

@@ -19,17 +19,17 @@ def _inputs(b, d, v, dtype, device, scale=1.0):
 
 @pytest.mark.parametrize("device,dtype", triton_params())
 @pytest.mark.parametrize(
-    "b,d,v,temperature", [(5, 64, 100, 1.0), (3, 200, 50, 0.1), (8, 1000, 7, 0.37), (1, 17, 3, 2.0)]
+    "b,d,v,logit_scale", [(5, 64, 100, 1.0), (3, 200, 50, 0.1), (8, 1000, 7, 0.37), (1, 17, 3, 2.0)]
 )
-def test_triton_matches_reference(device, dtype, b, d, v, temperature):
+def test_triton_matches_reference(device, dtype, b, d, v, logit_scale):
     h, w, target = _inputs(b, d, v, dtype, device)
     yes, no = v - 1, 1
     hh = h.clone().requires_grad_()
-    loss = judge_loss(hh, w, yes, no, target, temperature, backend="triton")
+    loss = judge_loss(hh, w, yes, no, target, logit_scale, backend="triton")
     dloss = torch.rand(b, device=device)
     (dh,) = torch.autograd.grad(loss, hh, dloss)
     href = h.double().requires_grad_()
-    ref = judge_loss_reference(href, w.double(), yes, no, target, temperature)
+    ref = judge_loss_reference(href, w.double(), yes, no, target, logit_scale)
     (dref,) = torch.autograd.grad(ref, href, dloss.double())
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(loss.double(), ref, rtol=tol, atol=tol)

@@ -110,3 +110,35 @@ def test_delta_score_leaves_the_reference_alone_under_its_own_caption(tiny_model
     assert scale > 0 and same.abs().max() < 1e-4 * scale  # float rounding only
     assert grad[1].abs().max() < 1e-4 * scale  # sample 1's caption did not change
     assert grad[0].abs().max() > 0.1 * scale and grad[2].abs().max() > 0.1 * scale
+
+
+def test_judge_temperature_scales_the_answer_logits_as_the_paper_does(tiny_models):
+    """The paper's reimplementation computes CE(logits · τ) with τ rising 0.1 → 1 (soft answers first): at
+    τ = 0.1 the loss is the two-token CE of a tenth of the judge's own logits, and the logged P(target answer)
+    is the judge's at τ = 1."""
+    import torch.nn.functional as F
+
+    from pairfree.shipped import pretrained
+    from pairfree.train.losses import judge_images, vlm_editing_loss
+
+    judge = pretrained("shapes-judge", tiny_models["judge"]).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    inputs, outputs = (torch.rand((2, 3, 32, 32), generator=g) * 2 - 1 for _ in range(2))
+    questions = [
+        [{"role": "verify", "text": "Is the circle red?", "target": "Yes", "images": "output"},
+         {"role": "identity", "text": "Are the two images the same apart from the circle?", "target": "No",
+          "images": "pair"}]
+        for _ in range(2)
+    ]  # fmt: skip
+    flat = [(x, y, q) for x, y, qs in zip(inputs, outputs, questions) for q in qs]
+    logits = judge.forward([judge_images(q, x, y) for x, y, q in flat], [q["text"] for _, _, q in flat]).double()
+    target = torch.tensor([q["target"] == "Yes" for _, _, q in flat]).long()
+    roles = torch.tensor([q["role"] == "identity" for _, _, q in flat])
+    for tau in (0.1, 0.55, 1.0):
+        loss, stats = vlm_editing_loss(judge, inputs, outputs, questions, tau)
+        ce = F.cross_entropy(logits * tau, target, reduction="none")
+        expected = (ce[~roles].mean() + ce[roles].mean()) / 2
+        torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=1e-6)
+        p = logits.softmax(-1).gather(1, target[:, None])[:, 0]
+        assert stats["p_verify"] == pytest.approx(p[~roles].mean().item(), abs=1e-4)
+        assert stats["p_identity"] == pytest.approx(p[roles].mean().item(), abs=1e-4)
