@@ -67,7 +67,12 @@ class LossConfig:
     dmd_fake: str = "critic"
     cfg_scale: float = 3.5  # teacher CFG on the edited caption
     cfg_scale_strong: float = 7.5
+    # the paper's strong-CFG types are remove, shape change, style and action; the shapes world's shape change is
+    # replace, and it has no action edits
     strong_types: tuple[str, ...] = ("remove", "replace", "style")
+    # the teacher's CFG negative prompt (the reimplementation: "low quality"; the shapes world's vocabulary has no
+    # such words, so its configs keep the empty caption the teacher was trained to drop to)
+    negative_prompt: str = ""
     do_nothing_prob: float = 0.01  # "do nothing" instruction: MSE of the output to the input
     do_nothing_weight: float = 1.0
     pixel_identity_weight: float = 0.0  # optional L1 to the input (helps preservation, hurts edit strength)

@@ -61,11 +61,14 @@ def vlm_editing_loss(
     return per_role.mean(), stats
 
 
-def teacher_x0(model, x_t: torch.Tensor, t: torch.Tensor, captions: list[str], cfg_scale: torch.Tensor | None):
-    """x0 predicted by a text-to-image model (the teacher with CFG on ``captions``, or the critic without)."""
+def teacher_x0(
+    model, x_t: torch.Tensor, t: torch.Tensor, captions: list[str], cfg_scale: torch.Tensor | None, negative: str = ""
+):
+    """x0 predicted by a text-to-image model (the teacher with CFG on ``captions`` against the ``negative`` prompt,
+    or the critic without)."""
     if cfg_scale is None:
         return x0_from_velocity(x_t, model.velocity(x_t, t, captions), t)
-    v = model.velocity(torch.cat([x_t, x_t]), torch.cat([t, t]), list(captions) + [""] * len(captions))
+    v = model.velocity(torch.cat([x_t, x_t]), torch.cat([t, t]), list(captions) + [negative] * len(captions))
     cond, uncond = v.chunk(2)
     return x0_from_velocity(x_t, cfg_combine(cond, uncond, cfg_scale), t)
 
@@ -80,25 +83,26 @@ def dmd_generator_loss(
     generators: list[torch.Generator],
     reference: torch.Tensor | None = None,
     source_captions: list[str] | None = None,
+    negative: str = "",
 ) -> torch.Tensor:
     """DMD2's generator loss: noise x̂0 to t ~ U[t_min, t_max], take the teacher's (real, CFG on the edited
     caption) and the critic's (fake) x0 predictions, and move x̂0 toward real and away from fake.
     ``generators``: one per sample (t and noise). With ``reference`` and ``source_captions`` (``critic`` unused):
-    the delta score's fake (:func:`delta_real_and_fake`)."""
+    the delta score's fake (:func:`delta_real_and_fake`). ``negative``: the teacher's CFG negative prompt."""
     t = t_range[0] + (t_range[1] - t_range[0]) * per_sample_rand(generators, x0.device)
     noise = per_sample_randn(generators, x0)
     with torch.no_grad():
         x_t = add_noise(x0.detach(), noise, t)
         if reference is None:
-            real = teacher_x0(teacher, x_t, t, captions, cfg_scale)
+            real = teacher_x0(teacher, x_t, t, captions, cfg_scale, negative)
             fake = teacher_x0(critic, x_t, t, captions, None)
         else:
             real, fake = delta_real_and_fake(teacher, x0.detach(), x_t, reference, noise, t, captions,
-                                             source_captions, cfg_scale)  # fmt: skip
+                                             source_captions, cfg_scale, negative)  # fmt: skip
     return dmd_loss(x0, real, fake).mean()
 
 
-def delta_real_and_fake(teacher, x0, x_t, reference, noise, t, captions, source_captions, cfg_scale):
+def delta_real_and_fake(teacher, x0, x_t, reference, noise, t, captions, source_captions, cfg_scale, negative=""):
     """DMD's real and fake x0 with the delta score (Delta Denoising Score, Hertz et al. 2023): real is the teacher
     on ``x_t`` (x̂0 noised) under the edited ``captions``; fake, the critic's stand-in, is x̂0 plus the teacher's
     pull on the *reference* under its own (source) caption, at the same t and noise. DMD's step then moves x̂0 by
@@ -110,15 +114,20 @@ def delta_real_and_fake(teacher, x0, x_t, reference, noise, t, captions, source_
         torch.cat([t, t]),
         list(captions) + list(source_captions),
         torch.cat([cfg_scale, cfg_scale]),
+        negative,
     )
     real, ref_pred = both.chunk(2)
     return real, x0 + (ref_pred - reference)
 
 
-def flow_loss(model, x0: torch.Tensor, captions: list[str], generators, reference=None) -> torch.Tensor:
-    """Rectified-flow loss on ``x0`` (logit-normal t): the critic's loss on the generator's detached samples,
-    and (with ``reference``) the generator's reference-copy warm-up. ``generators``: one per sample."""
-    t = torch.sigmoid(per_sample_randn(generators, x0[:, :1, 0, 0]).flatten())
+def flow_loss(model, x0: torch.Tensor, captions: list[str], generators, reference=None, t_range=None) -> torch.Tensor:
+    """Rectified-flow loss on ``x0``: the critic's loss on the generator's detached samples (``t_range``: t ~ U[t_min,
+    t_max], as DMD queries the critic), and (with ``reference``) the generator's reference-copy warm-up
+    (logit-normal t). ``generators``: one per sample."""
+    if t_range is None:
+        t = torch.sigmoid(per_sample_randn(generators, x0[:, :1, 0, 0]).flatten())
+    else:
+        t = t_range[0] + (t_range[1] - t_range[0]) * per_sample_rand(generators, x0.device)
     noise = per_sample_randn(generators, x0)
     v = model.velocity(add_noise(x0, noise, t), t, captions, reference=reference)
     return (v - velocity_target(x0, noise)).square().mean()

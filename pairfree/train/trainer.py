@@ -12,7 +12,8 @@ Read top to bottom, one generator update is:
    teacher's own pull on the input under its source caption instead — no critic);
 5. "do nothing" samples pull x̂0 to the input (MSE); optional pixel identity loss;
 6. clip, skip the update on a non-finite loss or a gradient norm above the threshold (counted), step, EMA;
-7. N_aux critic updates: the flow loss on the generator's detached samples, edited captions (not with delta).
+7. N_aux critic updates, each on a fresh batch and a fresh generator sample: the flow loss on the detached edits
+   under their edited captions, t ~ U[t_min, t_max] as DMD draws it (no critic with delta).
 
 Stage 0 (``copy_steps``) first teaches the generator to copy its reference (identity flow loss).
 Every random draw of a sample comes from a generator seeded by (seed, step, the sample's global index) and
@@ -52,6 +53,7 @@ from pairfree.world.spec import get_spec, save_spec
 
 # the world vocabulary has no "nothing": the do-nothing instruction is spelled with words it has
 DO_NOTHING = "the same image as the original"
+CRITIC_STREAM = 5 * 10**11  # the critic's batches come from this far into the (10**12-item) training stream
 
 
 def seeded(seed: int, stream: str, index: int, device) -> torch.Generator:
@@ -127,34 +129,45 @@ class EditorTrainer:
     # ----------------------------------------------------------------------------- stage 1: editing ---
     def edit_step(self, step: int) -> dict:
         """One pair-free update: the generator's loss and update, then N_aux critic updates."""
-        loss, logs, fakes = self.generator_loss(step)
+        loss, logs = self.generator_loss(step)
         logs = self.update(loss, logs)
-        if fakes is not None and self.critic is not None:
-            logs.update(self.critic_step(*fakes))
+        if self.critic is not None:
+            logs.update(self.critic_step(step))
         return logs
 
-    def generator_loss(self, step: int) -> tuple[torch.Tensor, dict, tuple | None]:
-        """The generator's loss on batch ``step`` (steps 1–4 of the module docstring), its logs, and what the critic
-        trains on next (the detached edited samples, their captions and generators; None without edits)."""
+    def sample(self, items: list[dict], instructions: list[str], gens, k: int | None, grad: bool) -> tuple:
+        """The generator's few-step edit of ``items`` (``k`` steps unrolled; gradients through every step when
+        ``grad``): ``(x̂0, reference latents)``."""
+        ref = self.encode(torch.stack([it["image"] for it in items]))
+        noise = per_sample_randn(gens, ref)
+        with torch.set_grad_enabled(grad):
+            text, mask = self.gen.module.text.encode(instructions)
+
+            def step_fn(x_t, t, reference, text, mask):
+                return editor_x0(self.gen.module, x_t, t, reference, text, mask)
+
+            checkpoint = self.cfg.sampler.checkpoint and grad
+            x0 = unroll(step_fn, noise, self.schedule, k, (ref, text, mask), generator=gens, checkpoint=checkpoint)
+        return x0, ref
+
+    def random_k(self, stream: str, index: int) -> int | None:
+        """The number of unrolled steps, the same on every rank (None: all of them)."""
+        if not self.cfg.sampler.random_k:
+            return None
+        shared = seeded(self.cfg.seed, stream, index, self.device)
+        return int(torch.randint(1, self.cfg.sampler.steps + 1, (), generator=shared))
+
+    def generator_loss(self, step: int) -> tuple[torch.Tensor, dict]:
+        """The generator's loss on batch ``step`` (steps 1–4 of the module docstring) and its logs."""
         cfg, lc = self.cfg, self.cfg.loss
         items, gens = self.batch(step), self.generators(step)
         images = torch.stack([it["image"] for it in items]).to(self.device)
-        ref = self.encode(images)  # latents (pixel space: the images themselves)
         nothing = per_sample_rand(gens, self.device) < lc.do_nothing_prob
         instructions = [DO_NOTHING if n else it["instruction"] for it, n in zip(items, nothing.tolist())]
 
         # 1. unrolled few-step sampling with gradients through every step
-        shared = seeded(cfg.seed, "train", -1 - step, self.device)  # the same k on every rank
-        k = int(torch.randint(1, cfg.sampler.steps + 1, (), generator=shared)) if cfg.sampler.random_k else None
-        noise = per_sample_randn(gens, ref)
-        text, mask = self.gen.module.text.encode(instructions)
-
-        def step_fn(x_t, t, reference, text, mask):
-            return editor_x0(self.gen.module, x_t, t, reference, text, mask)
-
-        x0 = unroll(
-            step_fn, noise, self.schedule, k, (ref, text, mask), generator=gens, checkpoint=cfg.sampler.checkpoint
-        )
+        k = self.random_k("train", -1 - step)
+        x0, ref = self.sample(items, instructions, gens, k, grad=True)  # ref: the input's latents
 
         logs = {"k": k or cfg.sampler.steps}
         loss = x0.new_zeros(())
@@ -165,7 +178,7 @@ class EditorTrainer:
             #    paper's "only DMD" ablation — the judge is then not run at all)
             edit_gens = [gens[i] for i in edit]
             if lc.vlm_weight:
-                seen = decoded[edit]
+                seen = decoded[edit].clamp(-1, 1)  # the pixels an image has: what the judge sees at inference
                 if lc.judge_noise:  # the judge sees the output through noise (a judge trained to be robust to it)
                     seen = seen + lc.judge_noise * per_sample_randn(edit_gens, seen)
                 vlm, probs = vlm_editing_loss(
@@ -190,7 +203,7 @@ class EditorTrainer:
                 fake.update(reference=ref[edit], source_captions=[items[i]["source_caption"] for i in edit])
             t_range = (lc.dmd_t_min, lc.dmd_t_max)
             dmd = dmd_generator_loss(x0[edit], self.m.teacher, captions=captions, cfg_scale=scale, t_range=t_range,
-                                     generators=edit_gens, **fake)  # fmt: skip
+                                     generators=edit_gens, negative=lc.negative_prompt, **fake)  # fmt: skip
             loss = loss + lc.dmd_weight * dmd
             logs["dmd"] = dmd.item()
         if nothing.any():  # 4. "do nothing": the output is the input
@@ -203,16 +216,25 @@ class EditorTrainer:
             excess = excess_variation_loss(decoded, images)
             loss = loss + lc.noise_weight * excess
             logs["noise"] = excess.item()
-        return loss, logs, ((x0[edit].detach(), captions, edit_gens) if edit else None)
+        return loss, logs
 
-    def critic_step(self, samples: torch.Tensor, captions: list[str], generators) -> dict:
-        """5. N_aux critic updates: the flow loss on the generator's detached samples under their edited captions."""
-        for _ in range(self.cfg.optim.critic_updates):
-            c_loss = flow_loss(self.critic.module, samples, captions, generators)
+    def critic_step(self, step: int) -> dict:
+        """5. N_aux critic updates, each on a fresh batch and a fresh generator sample (as the paper's
+        reimplementation does): the flow loss on the detached edits under their edited captions, t drawn as DMD
+        draws it."""
+        cfg, b = self.cfg, self.cfg.batch
+        t_range = (cfg.loss.dmd_t_min, cfg.loss.dmd_t_max)
+        for i in range(cfg.optim.critic_updates):
+            j0 = CRITIC_STREAM + (step * cfg.optim.critic_updates + i) * b  # the critic's own slice of the data
+            items = self.data.__getitems__(list(range(j0, j0 + b)))
+            gens = [seeded(cfg.seed, "train", self.data.global_index(j), self.device) for j in range(j0, j0 + b)]
+            k = self.random_k("train", -1 - j0)
+            x0, _ = self.sample(items, [it["instruction"] for it in items], gens, k, grad=False)
+            c_loss = flow_loss(self.critic.module, x0, [it["edited_caption"] for it in items], gens, t_range=t_range)
             self.critic.backward(c_loss)
             self.critic.clip_and_norm()
             self.critic.step()
-        return {"critic": c_loss.item()}
+        return {"critic": c_loss.item()} if cfg.optim.critic_updates else {}
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -142,3 +142,40 @@ def test_judge_temperature_scales_the_answer_logits_as_the_paper_does(tiny_model
         p = logits.softmax(-1).gather(1, target[:, None])[:, 0]
         assert stats["p_verify"] == pytest.approx(p[~roles].mean().item(), abs=1e-4)
         assert stats["p_identity"] == pytest.approx(p[roles].mean().item(), abs=1e-4)
+
+
+class _Recorder(torch.nn.Module):
+    """A flow model that records what it is asked and predicts v = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def velocity(self, x_t, t, captions, reference=None):
+        self.calls.append((t.clone(), list(captions)))
+        return torch.zeros_like(x_t)
+
+
+def test_critic_t_is_drawn_as_dmd_draws_it():
+    """The critic's flow loss with ``t_range`` draws t ~ U[t_min, t_max] from the same per-sample generators DMD
+    uses (the reimplementation); without it, the copy warm-up's logit-normal t."""
+    from pairfree.train.losses import flow_loss, per_sample_rand
+
+    x0 = torch.zeros(64, 3, 4, 4)
+    model = _Recorder()
+    flow_loss(model, x0, [""] * 64, [torch.Generator().manual_seed(i) for i in range(64)], t_range=(0.3, 0.4))
+    expected = 0.3 + 0.1 * per_sample_rand([torch.Generator().manual_seed(i) for i in range(64)], "cpu")
+    torch.testing.assert_close(model.calls[0][0], expected)
+    flow_loss(model, x0, [""] * 64, [torch.Generator().manual_seed(i) for i in range(64)])
+    assert model.calls[1][0].min() < 0.3 or model.calls[1][0].max() > 0.4  # logit-normal: spread over (0, 1)
+
+
+def test_teacher_cfg_uses_the_negative_prompt():
+    from pairfree.train.losses import teacher_x0
+
+    model = _Recorder()
+    x_t, t = torch.zeros(2, 3, 4, 4), torch.full((2,), 0.5)
+    teacher_x0(model, x_t, t, ["a red circle", "a blue square"], torch.full((2,), 3.5), negative="low quality")
+    assert model.calls[0][1] == ["a red circle", "a blue square", "low quality", "low quality"]
+    teacher_x0(model, x_t, t, ["a red circle", "a blue square"], torch.full((2,), 3.5))
+    assert model.calls[1][1][2:] == ["", ""]

@@ -14,7 +14,7 @@ from pairfree.device import resolve_device
 from pairfree.models.persistence import CheckpointError
 from pairfree.train.config import TrainConfig
 from pairfree.train.models import load_models
-from pairfree.train.trainer import EditorTrainer
+from pairfree.train.trainer import CRITIC_STREAM, EditorTrainer
 from pairfree.world.datasets import EDITOR_KEYS, item_seed
 from pairfree.world.edits import DEFAULT_MIX, sample_edit
 
@@ -76,8 +76,15 @@ def test_training_loop_never_receives_a_target_image(tiny_models, tmp_path, monk
     trainer.batch = batch
     trainer.train()
     assert seen_keys == set(EDITOR_KEYS)
-    n = (trainer.cfg.copy_steps + trainer.cfg.steps) * trainer.cfg.batch
-    edits = [sample_edit(item_seed(0, "train", i), DEFAULT_MIX, templates="train") for i in range(n)]
+    cfg, b = trainer.cfg, trainer.cfg.batch
+    order = []  # each step's batch, then (editing steps) the critic's fresh batches from its own slice
+    for step in range(cfg.copy_steps + cfg.steps):
+        order += range(step * b, (step + 1) * b)
+        if step >= cfg.copy_steps:
+            for i in range(cfg.optim.critic_updates):
+                j0 = CRITIC_STREAM + (step * cfg.optim.critic_updates + i) * b
+                order += range(j0, j0 + b)
+    edits = [sample_edit(item_seed(0, "train", i), DEFAULT_MIX, templates="train") for i in order]
     assert rendered == [e.source for e in edits]
     assert not {e.target for e in edits} & set(rendered)
 
@@ -178,7 +185,8 @@ def test_generator_starts_as_the_teacher(tiny_models):
 
 def test_judge_noise_is_what_the_judge_sees(tiny_models, tmp_path, monkeypatch):
     """``loss.judge_noise``: the judge is shown the output plus Gaussian noise of that σ (the generator's own
-    output, everything else, is unchanged); 0 shows the output itself."""
+    output, everything else, is unchanged); 0 shows the output itself — clamped to [-1, 1], the pixels an image has
+    and what the judge sees at inference."""
     import pairfree.train.trainer as trainer_module
 
     shown = {}
@@ -195,9 +203,9 @@ def test_judge_noise_is_what_the_judge_sees(tiny_models, tmp_path, monkeypatch):
         decode = trainer.m.autoencoder.decode
         trainer.m.autoencoder.decode = lambda x, d=decode: real_decode.__setitem__(sigma, d(x).detach()) or d(x)
         trainer.edit_step(trainer.cfg.copy_steps)
-        diff = shown["outputs"] - real_decode[sigma]
+        diff = shown["outputs"] - real_decode[sigma].clamp(-1, 1)
         if sigma == 0:
-            assert torch.equal(diff, torch.zeros_like(diff))
+            assert torch.equal(diff, torch.zeros_like(diff)) and shown["outputs"].abs().max() <= 1
         else:
             assert abs(diff.std().item() - sigma) < 0.05 and abs(diff.mean().item()) < 0.05
 
