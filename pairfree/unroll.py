@@ -32,8 +32,13 @@ def unroll(
     generator: torch.Generator | None = None,
     checkpoint: bool = True,
     truncate: int | None = None,
+    mode: str = "full",
 ) -> torch.Tensor:
     """Run the first ``k`` steps of ``schedule`` (default: all) from ``noise`` and return the last x̂0.
+
+    ``mode="full"`` calls the generator at each of the ``k`` steps; ``"two_call"`` (the paper's public
+    reimplementation) predicts x̂0 from ``schedule[0]``, re-noises it with fresh noise straight to ``schedule[k-1]``
+    and predicts again: two generator calls for any k > 1, one for k = 1.
 
     ``checkpoint``: keep only step inputs, recompute in backward. ``truncate``: gradient only through the last
     ``truncate`` steps (DRaFT-K style; earlier steps run without a graph). ``generator`` draws the fresh noise
@@ -43,6 +48,10 @@ def unroll(
     if not 1 <= k <= len(schedule):
         raise ValueError(f"unroll: k must be in 1..{len(schedule)}, got {k}")
     ts = [float(t) for t in schedule[:k]]
+    if mode == "two_call":
+        ts = ts[:1] + ts[1:][-1:]
+    elif mode != "full":
+        raise ValueError(f"unroll: mode must be 'full' or 'two_call', got {mode!r}")
     grad_from = 0 if truncate is None else max(0, k - truncate)
     x = noise
     if grad_from > 0:  # the steps before the truncation point carry no gradient

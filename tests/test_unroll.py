@@ -27,7 +27,7 @@ def _model(block_ckpt=False, dtype=torch.float64):
     return DiT(cfg).to(dtype)
 
 
-def _grads(model, k, checkpoint, truncate=None, stochastic=False, batch=2, size=16):
+def _grads(model, k, checkpoint, truncate=None, stochastic=False, batch=2, size=16, mode="full"):
     g = torch.Generator().manual_seed(1)
     text = torch.randn(batch, 5, 8, generator=g, dtype=torch.float64).requires_grad_()
     ref = torch.randn(batch, 3, size, size, generator=g, dtype=torch.float64)
@@ -49,6 +49,7 @@ def _grads(model, k, checkpoint, truncate=None, stochastic=False, batch=2, size=
         generator=torch.Generator().manual_seed(2),
         checkpoint=checkpoint,
         truncate=truncate,
+        mode=mode,
     )
     (out.square().mean() + out.mean()).backward()
     return [noise.grad, text.grad] + [p.grad.clone() for p in model.parameters()]
@@ -67,6 +68,35 @@ def _assert_same(a, b, tol=1e-12):
 def test_checkpointed_gradients_equal_plain_autograd(k):
     model = _model()
     _assert_same(_grads(model, k, checkpoint=False), _grads(model, k, checkpoint=True))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_two_call_unroll_is_two_generator_calls_and_checkpoints_exactly(k):
+    """``mode="two_call"`` (the paper's reimplementation): x̂0 from t = 1, fresh noise to t_k, x̂0 again — against
+    that written out by hand, and checkpointed = plain autograd."""
+    from pairfree.flow import add_noise
+
+    model = _model()
+    _assert_same(
+        _grads(model, k, checkpoint=False, mode="two_call"), _grads(model, k, checkpoint=True, mode="two_call")
+    )
+    g = torch.Generator().manual_seed(1)
+    noise, calls = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64), []
+
+    def step(x, t):
+        calls.append(float(t[0]))
+        return x * 0.5 + t[:, None, None, None]
+
+    out = unroll(step, noise, SCHEDULE, k, generator=torch.Generator().manual_seed(2), mode="two_call")
+    expected = step(noise, torch.full((2,), SCHEDULE[0], dtype=torch.float64))
+    if k > 1:
+        fresh = torch.randn(noise.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        t_k = torch.full((2,), SCHEDULE[k - 1], dtype=torch.float64)
+        expected = step(add_noise(expected, fresh, t_k), t_k)
+    torch.testing.assert_close(out, expected)
+    assert calls[: min(k, 2)] == [SCHEDULE[0], SCHEDULE[k - 1]][: min(k, 2)]
+    with pytest.raises(ValueError, match="mode must be 'full' or 'two_call'"):
+        unroll(step, noise, SCHEDULE, k, mode="three_call")
 
 
 def test_random_k_stochastic_generator_and_block_checkpointing():

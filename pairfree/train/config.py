@@ -44,6 +44,13 @@ class SamplerConfig:
     shift: float = 6.0  # [1, .75, .5, .25] -> [1.0, 0.9474, 0.8571, 0.6667]
     random_k: bool = True  # each step picks k in 1..steps; False: always all steps
     checkpoint: bool = True  # checkpointed unroll (activation memory of one generator call)
+    # "full": a generator call at each of the k steps; "two_call" (the paper's public reimplementation): 1.0 -> x̂0,
+    # re-noise with fresh noise to t_k, predict x̂0 again
+    unroll: str = "full"
+
+    def __post_init__(self):
+        if self.unroll not in ("full", "two_call"):
+            raise ValueError(f"sampler.unroll: expected 'full' or 'two_call', got {self.unroll!r}")
 
 
 @dataclass

@@ -147,7 +147,8 @@ class EditorTrainer:
                 return editor_x0(self.gen.module, x_t, t, reference, text, mask)
 
             checkpoint = self.cfg.sampler.checkpoint and grad
-            x0 = unroll(step_fn, noise, self.schedule, k, (ref, text, mask), generator=gens, checkpoint=checkpoint)
+            x0 = unroll(step_fn, noise, self.schedule, k, (ref, text, mask), generator=gens, checkpoint=checkpoint,
+                        mode=self.cfg.sampler.unroll)  # fmt: skip
         return x0, ref
 
     def random_k(self, stream: str, index: int) -> int | None:
