@@ -53,7 +53,7 @@ from pairfree.world.spec import get_spec, save_spec
 
 # the world vocabulary has no "nothing": the do-nothing instruction is spelled with words it has
 DO_NOTHING = "the same image as the original"
-CRITIC_STREAM = 5 * 10**11  # the critic's batches come from this far into the (10**12-item) training stream
+CRITIC_STREAM = 5 * 10**11  # the critic's batches start this far into the (10**12-item) training stream (global index)
 
 
 def seeded(seed: int, stream: str, index: int, device) -> torch.Generator:
@@ -226,10 +226,11 @@ class EditorTrainer:
         cfg, b = self.cfg, self.cfg.batch
         t_range = (cfg.loss.dmd_t_min, cfg.loss.dmd_t_max)
         for i in range(cfg.optim.critic_updates):
-            j0 = CRITIC_STREAM + (step * cfg.optim.critic_updates + i) * b  # the critic's own slice of the data
+            # the critic's own slice of the data (this rank's share of it: N ranks see what one process would)
+            j0 = CRITIC_STREAM // self.world_size + (step * cfg.optim.critic_updates + i) * b
             items = self.data.__getitems__(list(range(j0, j0 + b)))
             gens = [seeded(cfg.seed, "train", self.data.global_index(j), self.device) for j in range(j0, j0 + b)]
-            k = self.random_k("train", -1 - j0)
+            k = self.random_k("train", -1 - CRITIC_STREAM - step * cfg.optim.critic_updates - i)  # same on every rank
             x0, _ = self.sample(items, [it["instruction"] for it in items], gens, k, grad=False)
             c_loss = flow_loss(self.critic.module, x0, [it["edited_caption"] for it in items], gens, t_range=t_range)
             self.critic.backward(c_loss)
