@@ -120,11 +120,17 @@ def delta_real_and_fake(teacher, x0, x_t, reference, noise, t, captions, source_
     return real, x0 + (ref_pred - reference)
 
 
-def flow_loss(model, x0: torch.Tensor, captions: list[str], generators, reference=None, t_range=None) -> torch.Tensor:
+def flow_loss(
+    model, x0: torch.Tensor, captions: list[str], generators, reference=None, t_range=None, t_values=None
+) -> torch.Tensor:
     """Rectified-flow loss on ``x0``: the critic's loss on the generator's detached samples (``t_range``: t ~ U[t_min,
-    t_max], as DMD queries the critic), and (with ``reference``) the generator's reference-copy warm-up
-    (logit-normal t). ``generators``: one per sample."""
-    if t_range is None:
+    t_max], as DMD queries the critic), the generator's reference-copy warm-up (with ``reference``; logit-normal t),
+    and the supervised yardstick (``t_values``: t drawn uniformly from the few-step sampler's timesteps).
+    ``generators``: one per sample."""
+    if t_values is not None:
+        pick = (per_sample_rand(generators, x0.device) * len(t_values)).long().clamp_max(len(t_values) - 1)
+        t = torch.tensor(t_values, dtype=x0.dtype, device=x0.device)[pick]
+    elif t_range is None:
         t = torch.sigmoid(per_sample_randn(generators, x0[:, :1, 0, 0]).flatten())
     else:
         t = t_range[0] + (t_range[1] - t_range[0]) * per_sample_rand(generators, x0.device)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pairfree.config import load_config
+from pairfree.flow import few_step_schedule
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import flow_loss
 from pairfree.train.models import load_models
@@ -28,11 +29,28 @@ def test_paired_step_is_the_flow_loss_toward_the_true_edit(tiny_models, tmp_path
     instructions = [e.instruction for e in edits]
     gen = trainer.gen.module
     with torch.no_grad():
-        expected = flow_loss(gen, targets, instructions, trainer.generators(step), reference=sources).item()
-        copy = flow_loss(gen, sources, instructions, trainer.generators(step), reference=sources).item()
+        ts = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
+        expected = flow_loss(gen, targets, instructions, trainer.generators(step), sources, t_values=ts).item()
+        copy = flow_loss(gen, sources, instructions, trainer.generators(step), sources, t_values=ts).item()
     logs = trainer.edit_step(step)
     assert logs["paired"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
     assert abs(expected - copy) > 1e-6  # the target, not the source, is what it is pulled toward
+
+
+def test_flow_loss_t_values_draws_only_the_sampler_timesteps():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def velocity(self, x, t, captions, reference=None):
+            seen.append(t)
+            return torch.zeros_like(x)
+
+    ts = few_step_schedule(4, 6.0)
+    gens = [torch.Generator().manual_seed(i) for i in range(400)]
+    flow_loss(Recorder(), torch.zeros(400, 2, 2, 2), [""] * 400, gens, t_values=ts)
+    drawn = seen[0].tolist()
+    assert set(round(t, 6) for t in drawn) == set(round(t, 6) for t in ts)
+    assert min(drawn.count(t) for t in set(drawn)) > 60  # each of the 4 about a quarter of the time
 
 
 def test_paired_cli_trains_and_marks_its_model(tiny_models, tmp_path, capsys):
