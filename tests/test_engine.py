@@ -2,7 +2,13 @@
 skipped single-process update leaves the model and the optimizer state untouched."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from pairfree.engine.loop import run_steps
@@ -76,3 +82,24 @@ def test_ema_update_is_the_warmed_up_lerp():
     assert d == 4 / 13
     for e, b, m in zip(ema.parameters(), before, model.parameters()):
         torch.testing.assert_close(e, d * b + (1 - d) * m)
+
+
+LAUNCHER = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(LAUNCHER is None, reason="deepspeed launcher not installed")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_skip_leaves_parameters_and_adam_state_untouched(tmp_path, stage):
+    """Two ranks on ZeRO-2/3: step, skip (a 50x gradient spike), step == step, step — the spike reaches neither
+    the parameters nor Adam's moments."""
+    script = Path(__file__).parent / "distributed" / "engine_skip.py"
+    out = tmp_path / "out.json"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [LAUNCHER, "--num_gpus", "2", "--master_port", str(29540 + stage), str(script), "--out", str(out),
+           "--stage", str(stage)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["state_kept"]
+    assert result["params_skip"] == pytest.approx(result["params_plain"], rel=1e-6, abs=1e-7)

@@ -64,18 +64,34 @@ class EngineOptimized(Optimized):
         self.engine.step()
 
     def skip(self, after_backward: bool = True) -> None:
-        """Drop an update the engine has gradients for: the step runs at learning rate 0 (parameters unchanged;
-        Adam's moment estimates still see the gradient — DeepSpeed has no gradient-discarding step). Before any
-        backward there is nothing to undo."""
+        """Drop an update the engine has gradients for: parameters and optimizer state untouched. DeepSpeed has
+        no gradient-discarding step (the ZeRO optimizers clear their gradient partitions inside ``step``), so the
+        step runs at learning rate 0 and the inner optimizer's state (Adam's moments and step count) is put back
+        as it was. Before any backward there is nothing to undo."""
         if not after_backward:
             return
+        inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        saved = {p: {k: _copy(v) for k, v in st.items()} for p, st in inner.state.items()}
         groups = self.engine.optimizer.param_groups
-        lrs = [g["lr"] for g in groups]
+        kept = [{k: g[k] for k in ("lr", "step") if k in g} for g in groups]
         for g in groups:
             g["lr"] = 0.0
         self.engine.step()
-        for g, lr in zip(groups, lrs):
-            g["lr"] = lr
+        for g, k in zip(groups, kept):
+            g.update(k)
+        for p in list(inner.state):
+            if p not in saved:
+                del inner.state[p]  # the state the skipped step created
+        for p, st in saved.items():
+            for k, v in st.items():
+                if torch.is_tensor(v) and torch.is_tensor(inner.state[p].get(k)):
+                    inner.state[p][k].copy_(v)
+                else:
+                    inner.state[p][k] = v
+
+
+def _copy(v):
+    return v.detach().clone() if torch.is_tensor(v) else v
 
 
 class DeepSpeedStrategy(Strategy):
