@@ -151,6 +151,13 @@ def _eval(args) -> int:
     return 0
 
 
+def _ablate(args) -> int:
+    from pairfree.eval.ablate import ablate
+
+    ablate(args)
+    return 0
+
+
 SPEC_HELP = "world spec: lite (the CPU default), full, or a spec .yaml file"
 
 
@@ -244,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default="all", help="comma list of identity,teacher; 'all' or '' for none")
     p.add_argument("--card", action="store_true", help="also write MODEL_CARD.md (+ metrics.md) into --model")
     p.set_defaults(fn=_eval)
+
+    p = sub.add_parser("ablate", help="the paper's ablation table: one resumable run per row and seed, evaluated")
+    from pairfree.eval.ablate import add_arguments as add_ablate_arguments
+
+    add_ablate_arguments(p)
+    p.set_defaults(fn=_ablate)
 
     args = parser.parse_args(argv)
     from pairfree.config import ConfigError

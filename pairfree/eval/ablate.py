@@ -1,0 +1,249 @@
+"""``pairfree ablate``: the paper's ablation table at equal compute — every row the same config, steps and seeds
+but for the one thing it changes; one run directory per (row, seed), resumable; evaluated by the independent
+evaluator on a fixed benchmark; written as ``table.json``, ``table.md`` and ``table.png`` with each row's commands.
+
+    pairfree ablate --config configs/lite/editor.yaml --bench runs/lite/bench --out runs/ablations \\
+        --results results/ablations [--rows full,only_dmd] [--seeds 2] [--set steps=1500]
+
+Rows train one after another in this process; to use two cores, run two commands on disjoint ``--rows`` with the
+same ``--out``: a finished row is read back, not retrained, and the table holds every row finished so far (the
+rows still missing are listed in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from pairfree.config import ConfigError, load_config
+from pairfree.train.config import TrainConfig
+
+METRICS = ("complete edit", "edit success", "preservation", "PSNR outside mask")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: its name, what it changes (config overrides) and which trainer runs it."""
+
+    name: str
+    what: str
+    overrides: tuple[str, ...] = ()
+    trainer: str = "pairfree"  # "pairfree" (EditorTrainer) or "paired" (the supervised yardstick)
+
+
+def rows_for(cfg: TrainConfig) -> list[Row]:
+    """The paper's ablations of ``cfg`` (the full method): its loss terms, question set, CE over Yes/No or the
+    whole vocabulary, sampler steps and unroll, DMD's fake score, and the judge weight; plus the yardstick."""
+    w = cfg.loss.vlm_weight
+    return [
+        Row("full", "the full method (the config as given)"),
+        Row("only_dmd", "no judge term", ("loss.vlm_weight=0",)),
+        Row("only_vlm", "no DMD term (no teacher)", ("loss.dmd_weight=0",)),
+        Row("no_identity", "verification question only", ("loss.identity_question=false",)),
+        Row("full_vocab", "judge CE over the whole vocabulary", ("loss.full_vocab=true",)),
+        Row("k1", "sampler K = 1", ("sampler.steps=1",)),
+        Row("k2", "sampler K = 2", ("sampler.steps=2",)),
+        Row("two_call", "two-call unroll (the reimplementation's)", ("sampler.unroll=two_call",)),
+        Row("delta", "DMD fake score: delta (no critic)", ("loss.dmd_fake=delta",)),
+        Row("judge_x0.5", "judge weight x0.5", (f"loss.vlm_weight={w * 0.5:g}",)),
+        Row("judge_x2", "judge weight x2", (f"loss.vlm_weight={w * 2:g}",)),
+        Row("supervised", "supervised yardstick (told the answer)", trainer="paired"),
+    ]
+
+
+HEADLINE = ("full", "only_dmd", "only_vlm", "no_identity", "supervised")  # the rows run with every seed
+
+
+def train_command(config: str, sets: list[str], row: Row, resume: bool = False) -> str:
+    head = "python -m pairfree.train.paired" if row.trainer == "paired" else "pairfree train"
+    tail = " --resume" if resume else ""
+    return f"{head} --config {shlex.quote(config)}{tail} --set " + " ".join(shlex.quote(s) for s in sets)
+
+
+def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench: str) -> dict:
+    """Train (or resume, or read back) one (row, seed) and evaluate it; returns its metrics and commands."""
+    from pairfree.eval.editing import evaluate
+    from pairfree.train.run import add_arguments, train
+
+    run = out / row.name / f"seed{seed}"
+    sets = [*base, *row.overrides, f"out={run}", f"seed={seed}"]
+    record = run / "row.json"
+    commands = [
+        train_command(config, sets, row),
+        f"pairfree eval --model {run}/model --bench {bench} --out {run}/eval --baselines ''",
+    ]
+    if not record.is_file():
+        resume = (run / "checkpoint.pt").is_file() or (run / "deepspeed").is_dir()
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        args = p.parse_args(["--config", config, *(["--resume"] if resume else []), "--set", *sets])
+        trainer_cls = None
+        if row.trainer == "paired":
+            from pairfree.train.paired import PairedTrainer as trainer_cls
+        print(f"ablate: {row.name} seed {seed}: {commands[0]}{' (resumed)' if resume else ''}", flush=True)
+        train(args, trainer_cls, what=f"ablation row {row.name}")
+        record.write_text(json.dumps({"row": row.name, "seed": seed, "commands": commands}, indent=1) + "\n")
+    if not (run / "eval" / "metrics.json").is_file():
+        evaluate(run / "model", bench, run / "eval", baselines=())
+    return read_row(row, seed, out)
+
+
+def done(run: Path) -> bool:
+    return (run / "row.json").is_file() and (run / "eval" / "metrics.json").is_file()
+
+
+def read_row(row: Row, seed: int, out: Path) -> dict:
+    """A finished (row, seed): the editor's metrics on the benchmark and the commands that made them."""
+    run = out / row.name / f"seed{seed}"
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())["editor"]
+    return {"metrics": metrics, "commands": json.loads((run / "row.json").read_text())["commands"]}
+
+
+def summarise(row: Row, runs: dict[int, dict]) -> dict:
+    """A row of ``table.json``: per metric the mean over seeds (and the spread, max − min), overall and per
+    sub-type."""
+
+    def stats(key):
+        values = {m: [r["metrics"][key][m] for r in runs.values()] for m in METRICS}
+        values = {m: [v for v in vs if v == v] for m, vs in values.items()}  # NaN (no pixels outside a mask)
+        return {m: statistics.fmean(vs) if vs else None for m, vs in values.items()}, {
+            m: (max(vs) - min(vs)) if vs else None for m, vs in values.items()
+        }
+
+    overall, spread = stats("overall")
+    kinds = [k for k in next(iter(runs.values()))["metrics"] if k != "overall"]
+    return {
+        "name": row.name,
+        "what": row.what,
+        "seeds": sorted(runs),
+        "overall": overall,
+        "spread": spread,
+        "per_type": {k: stats(k)[0] for k in kinds},
+        "commands": {str(s): r["commands"] for s, r in sorted(runs.items())},
+    }
+
+
+def baseline_rows(bench: str, out: Path) -> list[dict]:
+    """The identity / teacher / ground-truth rows: no training, read once per benchmark."""
+    from pairfree.eval.editing import evaluate
+
+    path = out / "baselines" / "metrics.json"
+    if not path.is_file():
+        evaluate(None, bench, out / "baselines", baselines=("identity", "teacher"))
+    results = json.loads(path.read_text())
+    command = f"pairfree eval --bench {bench} --out {out}/baselines"
+    return [
+        {
+            "name": name,
+            "what": "baseline",
+            "seeds": [],
+            "overall": {m: r["overall"][m] for m in METRICS},
+            "spread": {m: 0.0 for m in METRICS},
+            "per_type": {k: {m: v[m] for m in METRICS} for k, v in r.items() if k != "overall"},
+            "commands": {"-": [command]},
+        }
+        for name, r in results.items()
+    ]
+
+
+def _fmt(x, digits=3):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(table: dict) -> str:
+    kinds = list(next(iter(table["rows"]))["per_type"])
+    head = ["row", "what", "seeds", *METRICS, *kinds]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in table["rows"]:
+        cells = [f"`{r['name']}`", r["what"], ",".join(map(str, r["seeds"])) or "—"]
+        for m in METRICS:
+            d = 1 if m.startswith("PSNR") else 3
+            s = r["spread"][m]
+            cells.append(_fmt(r["overall"][m], d) + (f" ±{_fmt(s / 2, d)}" if len(r["seeds"]) > 1 and s else ""))
+        cells += [_fmt(r["per_type"][k]["complete edit"], 2) for k in kinds]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Per sub-type columns: complete edit. ± is half the spread over seeds. {table['note']}"]
+    if table["missing"]:
+        lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in table["missing"]) + "."]
+    lines += [""]
+    lines += ["Commands:", ""]
+    for r in table["rows"]:
+        for seed, cmds in r["commands"].items():
+            lines += [f"- `{r['name']}` seed {seed}: " + "; ".join(f"`{c}`" for c in cmds)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table["rows"]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    ys = range(len(rows))
+    for i, m in enumerate(("complete edit", "preservation")):
+        vals = [r["overall"][m] or 0.0 for r in rows]
+        err = [(r["spread"][m] or 0.0) / 2 for r in rows]
+        ax.barh([y + 0.4 * i for y in ys], vals, height=0.4, xerr=err, label=m)
+    ax.set_yticks([y + 0.2 for y in ys], [r["name"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title("ablations (evaluator-read, held-out benchmark)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ablate(args) -> dict:
+    """Run the chosen rows (all by default), then write the table of every row finished under ``--out``."""
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    rows = rows_for(cfg)
+    known = {r.name: r for r in rows}
+    chosen = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else list(known)
+    unknown = [r for r in chosen if r not in known]
+    if unknown:
+        raise ConfigError(f"--rows: unknown row(s) {', '.join(unknown)}; expected some of {', '.join(known)}")
+    out = Path(args.out)
+    # equal compute = equal steps: no wall-time stop unless asked for
+    base = ["max_minutes=0", *(s for s in args.overrides if not s.startswith(("out=", "seed=")))]
+    for name in chosen:
+        for seed in range(args.seeds) if name in HEADLINE else range(1):
+            run_row(known[name], seed, args.config, base, out, args.bench)
+    finished = {  # every row with a finished seed so far (this command's and those of others on the same --out)
+        r.name: {s: read_row(r, s, out) for s in range(args.seeds) if done(out / r.name / f"seed{s}")}
+        for r in rows
+    }
+    table = {
+        "config": args.config,
+        "overrides": base,
+        "bench": args.bench,
+        "note": "Equal compute: every row runs the same steps, batch and seeds as `full`; quality is read by the "
+        "evaluator on the held-out benchmark, never by the judge trained against.",
+        "missing": [r.name for r in rows if not finished[r.name]],
+        "rows": [summarise(r, finished[r.name]) for r in rows if finished[r.name]] + baseline_rows(args.bench, out),
+    }
+    res = Path(args.results)
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "table.json").write_text(json.dumps(table, indent=1) + "\n")
+    (res / "table.md").write_text(markdown(table))
+    plot(table, res / "table.png")
+    print(markdown(table))
+    print(f"table.json, table.md and table.png in {res}")
+    return table
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the full method's YAML config (configs/lite/editor.yaml)")
+    p.add_argument("--bench", required=True, help="benchmark directory (pairfree world bench)")
+    p.add_argument("--out", default="runs/ablations", help="one run directory per row and seed under here")
+    p.add_argument("--results", default="results/ablations", help="where table.json/.md/.png go")
+    p.add_argument("--rows", default="", help="comma-separated rows to run (default: all, then the table)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds of the headline rows (others: 1)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="overrides for every row, e.g. --set steps=1500 max_minutes=0")  # fmt: skip
