@@ -16,9 +16,23 @@ from pathlib import Path
 
 import torch
 
+import pairfree
 from pairfree import doctor
+from pairfree.config import load_config
+from pairfree.eval.editing import evaluate, markdown_table
+from pairfree.evaluator import accuracy
 from pairfree.kernels import dispatch
 from pairfree.kernels.modulated_rms_norm import modulated_rms_norm, modulated_rms_norm_reference
+from pairfree.pretrain import teacher as teacher_pretrain
+from pairfree.pretrain.evaluator import batch_of, scenes_for
+from pairfree.shipped import WEIGHTS_DIR, model_name, world_prefix
+from pairfree.train.config import TrainConfig
+from pairfree.train.models import load_models
+from pairfree.train.trainer import EditorTrainer
+from pairfree.world.bench import save_bench
+from pairfree.world.datasets import JudgeVQADataset, collate_vqa
+from pairfree.world.grid import save_edit_grid, save_scene_grid
+from pairfree.world.spec import get_spec
 
 
 def _grads(fn, x, kw, cot, dtype, **extra):
@@ -52,7 +66,6 @@ def editor_overrides(run_dir, seed: int, minutes: float) -> list[str]:
 
 
 def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0, world: str = "lite") -> int:
-    from pairfree.world.spec import get_spec
 
     spec = get_spec(world)
     out = Path(out_dir)
@@ -104,7 +117,6 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0, wor
     )
 
     # 3. the shapes world: scenes with captions at 32x32 and 64x64
-    from pairfree.world.grid import save_edit_grid, save_scene_grid
 
     grids = [str(save_scene_grid(out / f"world_{r}.png", n=16, resolution=r, seed=seed, spec=spec)) for r in (32, 64)]
     print(f"\n== {spec.name} world: 16 scenes with captions -> {grids[0]}, {grids[1]} ==")
@@ -142,14 +154,6 @@ def _editor(out: Path, seed: int, minutes: float, spec) -> dict | None:
     editor_grid.png, editor_loss.png, editor_metrics.md."""
     import shutil
 
-    from pairfree.config import load_config
-    from pairfree.eval.editing import evaluate, markdown_table
-    from pairfree.shipped import WEIGHTS_DIR, model_name, world_prefix
-    from pairfree.train.config import TrainConfig
-    from pairfree.train.models import load_models
-    from pairfree.train.trainer import EditorTrainer
-    from pairfree.world.bench import save_bench
-
     missing = [n for n in (model_name(k, spec) for k in ("teacher", "judge")) if not (WEIGHTS_DIR / n).is_dir()]
     if missing:
         print(f"\n== editor: skipped (no shipped {', '.join(missing)} in this package) ==")
@@ -180,16 +184,10 @@ def _shipped_models(out: Path, seed: int, spec) -> dict:
     """Held-out checks of world ``spec``'s shipped evaluator, judge and teacher (each skipped if not shipped)."""
     import torch
 
-    import pairfree
-    from pairfree.shipped import WEIGHTS_DIR, model_name
-
     res = {}
     name = {kind: model_name(kind, spec) for kind in ("evaluator", "judge", "teacher")}
     print(f"\n== shipped models of the {spec.name} world (held-out data) ==")
     if (WEIGHTS_DIR / name["evaluator"]).is_dir():
-        from pairfree.evaluator import accuracy
-        from pairfree.pretrain.evaluator import batch_of, scenes_for
-
         ev = pairfree.pretrained(name["evaluator"])
         b = batch_of(scenes_for(seed + 99, "val", 0, 128, 0.0, spec), spec.resolution)
         with torch.no_grad():
@@ -199,8 +197,6 @@ def _shipped_models(out: Path, seed: int, spec) -> dict:
             ", ".join(f"{k} {v:.3f}" for k, v in res["evaluator attribute accuracy"].items()),
         )
     if (WEIGHTS_DIR / name["judge"]).is_dir():
-        from pairfree.world.datasets import JudgeVQADataset, collate_vqa
-
         judge = pairfree.pretrained(name["judge"])
         ds = JudgeVQADataset(64, seed=seed + 99, split="val", spec=spec)
         b = collate_vqa(ds.__getitems__(list(range(64))))
@@ -214,11 +210,11 @@ def _shipped_models(out: Path, seed: int, spec) -> dict:
             f"two-image {res['judge pair accuracy']:.3f}"
         )
     if (WEIGHTS_DIR / name["teacher"]).is_dir() and (WEIGHTS_DIR / name["evaluator"]).is_dir():
-        from pairfree.pretrain.teacher import evaluate
-
         teacher = pairfree.pretrained(name["teacher"])
         ev = pairfree.pretrained(name["evaluator"])
-        m = evaluate(teacher, ev, seed + 99, 16, spec.resolution, grid_out=out / "teacher_samples.png", spec=spec)
+        m = teacher_pretrain.evaluate(
+            teacher, ev, seed + 99, 16, spec.resolution, grid_out=out / "teacher_samples.png", spec=spec
+        )
         res["teacher caption attribute match"] = m["caption attribute match"]
         print(
             f"teacher: 16 held-out captions, evaluator-read attribute match {m['caption attribute match']:.3f} "

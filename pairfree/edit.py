@@ -8,8 +8,11 @@ from pathlib import Path
 import torch
 
 from pairfree.flow import few_step_schedule, sample_few_step
+from pairfree.models.autoencoder import DCAutoencoder
 from pairfree.models.bundle import FlowModel
+from pairfree.models.dit import DiT
 from pairfree.models.persistence import CheckpointError
+from pairfree.models.text import HFTextEncoder
 
 EDITOR_META = "editor.json"
 
@@ -92,10 +95,6 @@ class EditPipeline:
         info = json.loads(meta.read_text())
         sampling = (info["resolution"], info.get("steps", 4), info.get("shift", 6.0))
         if info.get("format", "shapes") == "diffusers":
-            from pairfree.models.autoencoder import DCAutoencoder
-            from pairfree.models.dit import DiT
-            from pairfree.models.text import HFTextEncoder
-
             root = Path(info["source"])
             if not root.is_dir():
                 raise CheckpointError(

@@ -17,9 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pairfree.config import ConfigError
+from pairfree.config import ConfigError, load_config
+from pairfree.flow import few_step_schedule
+from pairfree.judge.qwen import JudgeConfig, images_to_patches
 from pairfree.models.presets import build_from_preset, parameter_count, read_preset
 from pairfree.train.config import TrainConfig
+from pairfree.train.models import with_reference_skip
+from pairfree.unroll import unroll
 
 GiB = 2**30
 QUESTION_TOKENS = 48  # the verification / identity question and chat template around the two images
@@ -98,8 +102,6 @@ def _arch(cfg: TrainConfig, key: str, required: bool = True) -> str | None:
 def build_models(cfg: TrainConfig) -> dict[str, nn.Module]:
     """The run's models on the meta device: generator (with the reference skip), critic, teacher, judge, and,
     when presets are named, the text encoder and the autoencoder."""
-    from pairfree.train.models import with_reference_skip
-
     teacher = build_from_preset(_arch(cfg, "teacher_arch"))
     with torch.device("meta"):
         generator = with_reference_skip(teacher)
@@ -176,9 +178,6 @@ def dit_activations(
 ):
     """(unroll, unroll with checkpointing, one call, critic flow loss) bytes, on the meta device by default (the
     PyTorch reference ops: the fused kernels' own savings are not counted)."""
-    from pairfree.flow import few_step_schedule
-    from pairfree.unroll import unroll
-
     dtype = torch.bfloat16 if cfg.distributed.bf16 else torch.float32
     gen, crit = generator.to(dtype).requires_grad_(True), critic.to(dtype).requires_grad_(True)
     b, (c, h, w) = cfg.batch, latent
@@ -225,8 +224,6 @@ def judge_activations(cfg: TrainConfig, questions: int, text_layers: int | None 
 
 def _judge_saved(cfg: TrainConfig, data: dict, questions: int, text_layers: int, vision_layers: int) -> int:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from pairfree.judge.qwen import JudgeConfig, images_to_patches
 
     data = {**data, "text_config": dict(data["text_config"]), "vision_config": dict(data["vision_config"])}
     data["text_config"].update(num_hidden_layers=text_layers, vocab_size=data["image_token_id"] + 8)
@@ -347,7 +344,6 @@ def format_scaling(
 
 
 def run(args) -> int:
-    from pairfree.config import load_config
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
     gpus = args.gpus * args.nodes

@@ -7,6 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pairfree.edit import EditPipeline
+from pairfree.evaluator import Evaluator
+from pairfree.judge.qwen import load_qwen_judge
+from pairfree.models.bundle import FlowModel
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 KINDS = ("teacher", "judge", "evaluator", "editor")
 NAMES = tuple(f"{world}-{kind}" for world in ("lite", "shapes") for kind in KINDS)
@@ -38,18 +43,11 @@ def pretrained(name: str, path: str | Path | None = None):
         raise FileNotFoundError(f"{root}: not found. Train it with {how}")
     kind = name.split("-")[1]
     if kind == "editor":
-        from pairfree.edit import EditPipeline
-
         return EditPipeline.from_pretrained(root)
     if kind == "evaluator":
-        from pairfree.evaluator import Evaluator
-
         return Evaluator.from_pretrained(root).eval()
     if kind == "teacher":
-        from pairfree.models.bundle import FlowModel
-
         return FlowModel.from_pretrained(root).eval()
-    from pairfree.judge.qwen import load_qwen_judge
 
     meta = json.loads((root / "judge.json").read_text())
     return load_qwen_judge(

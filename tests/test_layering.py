@@ -77,3 +77,28 @@ def test_no_import_cycles_inside_pairfree():
     graph = import_graph()
     assert "pairfree.models.bundle" in graph and "pairfree.flow" in graph["pairfree.models.bundle"]
     assert cycles(graph) == []
+
+
+# where a function-local import of the package is allowed, and why
+LAZY_OK = {
+    "pairfree/cli.py": "each subcommand imports what it runs: `pairfree --help` stays fast",
+    "pairfree/__init__.py": "`import pairfree.kernels` must not load the world, the models and transformers",
+    "pairfree/kernels/dispatch.py": "the compiled extension `_C` is optional (pure-Python installs run without it)",
+}
+
+
+def test_package_imports_sit_at_module_top():
+    """Function-local imports hide the layering; within ``pairfree`` they are kept only where LAZY_OK says why."""
+    local = []
+    for f in ROOT.rglob("*.py"):
+        rel = f.relative_to(ROOT.parent).as_posix()
+        if rel in LAZY_OK:
+            continue
+        for fn in ast.walk(ast.parse(f.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    mod = node.module if isinstance(node, ast.ImportFrom) and node.level == 0 else None
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [mod or ""]
+                    if any(n.startswith("pairfree") for n in names):
+                        local.append(f"{rel}:{node.lineno}")
+    assert local == []

@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pairfree.config import ConfigError, load_config
+from pairfree.eval.editing import evaluate
 from pairfree.train.config import TrainConfig
+from pairfree.train.paired import PairedTrainer
+from pairfree.train.run import add_arguments as add_train_arguments
+from pairfree.train.run import train
 
 METRICS = ("complete edit", "edit success", "preservation", "PSNR outside mask")
 
@@ -66,9 +70,6 @@ def train_command(config: str, sets: list[str], row: Row, resume: bool = False) 
 
 def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench: str) -> dict:
     """Train (or resume, or read back) one (row, seed) and evaluate it; returns its metrics and commands."""
-    from pairfree.eval.editing import evaluate
-    from pairfree.train.run import add_arguments, train
-
     run = out / row.name / f"seed{seed}"
     sets = [*base, *row.overrides, f"out={run}", f"seed={seed}"]
     record = run / "row.json"
@@ -79,11 +80,9 @@ def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench:
     if not record.is_file():
         resume = (run / "checkpoint.pt").is_file() or (run / "deepspeed").is_dir()
         p = argparse.ArgumentParser()
-        add_arguments(p)
+        add_train_arguments(p)
         args = p.parse_args(["--config", config, *(["--resume"] if resume else []), "--set", *sets])
-        trainer_cls = None
-        if row.trainer == "paired":
-            from pairfree.train.paired import PairedTrainer as trainer_cls
+        trainer_cls = PairedTrainer if row.trainer == "paired" else None
         print(f"ablate: {row.name} seed {seed}: {commands[0]}{' (resumed)' if resume else ''}", flush=True)
         train(args, trainer_cls, what=f"ablation row {row.name}")
         record.write_text(json.dumps({"row": row.name, "seed": seed, "commands": commands}, indent=1) + "\n")
@@ -129,8 +128,6 @@ def summarise(row: Row, runs: dict[int, dict]) -> dict:
 
 def baseline_rows(bench: str, out: Path) -> list[dict]:
     """The identity / teacher / ground-truth rows: no training, read once per benchmark."""
-    from pairfree.eval.editing import evaluate
-
     path = out / "baselines" / "metrics.json"
     if not path.is_file():
         evaluate(None, bench, out / "baselines", baselines=("identity", "teacher"))
@@ -216,8 +213,7 @@ def ablate(args) -> dict:
         for seed in range(args.seeds) if name in HEADLINE else range(1):
             run_row(known[name], seed, args.config, base, out, args.bench)
     finished = {  # every row with a finished seed so far (this command's and those of others on the same --out)
-        r.name: {s: read_row(r, s, out) for s in range(args.seeds) if done(out / r.name / f"seed{s}")}
-        for r in rows
+        r.name: {s: read_row(r, s, out) for s in range(args.seeds) if done(out / r.name / f"seed{s}")} for r in rows
     }
     table = {
         "config": args.config,

@@ -18,6 +18,15 @@ from pathlib import Path
 import torch
 
 from pairfree import evaluator as attributes
+from pairfree.edit import EditPipeline, edit_images
+from pairfree.flow import few_step_schedule
+from pairfree.pretrain.common import command_line
+from pairfree.pretrain.teacher import sample
+from pairfree.shipped import WEIGHTS_DIR, model_name, pretrained
+from pairfree.train.losses import judge_images
+from pairfree.train.samples import save_edit_rows
+from pairfree.world.bench import load_bench
+from pairfree.world.spec import check_same, load_spec
 
 BASELINES = ("identity", "teacher")
 
@@ -62,8 +71,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 @torch.no_grad()
 def judge_scores(judge, inputs: torch.Tensor, outputs: torch.Tensor, edits, batch: int = 32) -> torch.Tensor:
     """The judge's probability of the verification question's target answer (reported, not the headline)."""
-    from pairfree.train.losses import judge_images
-
     scores = []
     for s in range(0, len(edits), batch):
         es = edits[s : s + batch]
@@ -110,8 +117,6 @@ def measure(evaluator, bench, outputs: torch.Tensor, judge=None) -> dict:
 
 @torch.no_grad()
 def run_editor(pipe, bench, steps: int, seed: int = 0, batch: int = 64) -> torch.Tensor:
-    from pairfree.edit import edit_images
-    from pairfree.flow import few_step_schedule
 
     schedule = few_step_schedule(steps, pipe.shift)
     outs = []
@@ -125,8 +130,6 @@ def run_editor(pipe, bench, steps: int, seed: int = 0, batch: int = 64) -> torch
 @torch.no_grad()
 def run_teacher(teacher, bench, seed: int = 0, batch: int = 64) -> torch.Tensor:
     """Baseline: the teacher regenerating the image from the edited caption (8 Euler steps, CFG 3)."""
-    from pairfree.pretrain.teacher import sample
-
     caps = [r["edited_caption"] for r in bench.records]
     r = bench.inputs.shape[-1]
     return torch.cat(
@@ -154,13 +157,6 @@ def markdown_table(results: dict[str, dict]) -> str:
 
 def evaluate(model_dir, bench_dir, out_dir, steps: int = 4, baselines=BASELINES, use_judge: bool = True) -> dict:
     """Evaluate the editor in ``model_dir`` and the baselines; writes metrics.json, metrics.md, grid.png."""
-    from pairfree.edit import EditPipeline
-    from pairfree.pretrain.common import command_line
-    from pairfree.shipped import WEIGHTS_DIR, model_name, pretrained
-    from pairfree.train.samples import save_edit_rows
-    from pairfree.world.bench import load_bench
-    from pairfree.world.spec import check_same, load_spec
-
     bench = load_bench(bench_dir)
     if model_dir is not None:  # refuse before any work: a model of another world cannot be read on this bench
         check_same(load_spec(model_dir), f"the editor {model_dir}", bench.spec, f"the benchmark {bench_dir}")

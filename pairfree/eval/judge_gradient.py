@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from pairfree.eval.editing import attribute_checks, psnr
+from pairfree.flow import add_noise
+from pairfree.judge.world import build_world_judge
+from pairfree.kernels.dmd import dmd_loss
+from pairfree.pretrain.judge import JudgeTrainee, load_trainee_weights
+from pairfree.shipped import pretrained
+from pairfree.train.losses import delta_real_and_fake, teacher_x0, vlm_editing_loss
 from pairfree.world.captions import caption
+from pairfree.world.datasets import item_seed
+from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
 
 
 class JudgeEnsemble:
@@ -54,10 +62,6 @@ def score_distillation_loss(
     critic replaced by the current pixels). With ``reference`` and ``source_captions``: the delta score
     (``pairfree.train.losses.delta_real_and_fake``), the teacher's pull on the reference under its own caption taken
     off."""
-    from pairfree.flow import add_noise
-    from pairfree.kernels.dmd import dmd_loss
-    from pairfree.train.losses import delta_real_and_fake, teacher_x0
-
     t = t_range[0] + (t_range[1] - t_range[0]) * torch.rand(len(x0), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     scale = torch.full((len(x0),), cfg, device=x0.device)
@@ -96,8 +100,6 @@ def optimise_pixels(
     teacher's pull on the input under the source caption taken off: ``loss.dmd_fake: delta``). ``delta_res``: a
     ``delta_res``² change, bilinearly upsampled, instead of every pixel. Returns the outputs and the judge's final
     mean P(target) per question (on the noiseless outputs; none without a ``judge``)."""
-    from pairfree.train.losses import vlm_editing_loss
-
     questions = [[q.to_dict() for q in e.questions()] for e in edits]
     captions = [e.edited_caption() for e in edits]
     source = dict(reference=inputs, source_captions=[caption(e.source, 0) for e in edits]) if delta else {}
@@ -136,9 +138,6 @@ def judge_gradient_report(
     (val-seed) edits of the seven local and global kinds (style is left out: it hides attributes), overall and
     per kind, with the judge's P(target) before and after. ``signal``: ``optimise_pixels``' other options (the
     teacher's term, ``delta_res``, ``vlm_weight``)."""
-    from pairfree.world.datasets import item_seed
-    from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
-
     kinds = [k for k in EDIT_TYPES if k != "style"]
     edits = [sample_edit(item_seed(seed, "val", i), kind=kinds[i % len(kinds)]) for i in range(n)]
     inputs, _, masks = render_edits(edits, evaluator.config.resolution)
@@ -175,12 +174,7 @@ def judge_gradient_report(
 
 def load_judge(where: str):
     """A shipped name, an exported judge directory, or a judge pretraining ``checkpoint.pt`` (mid-run)."""
-    from pairfree.shipped import pretrained
-
     if where.endswith(".pt"):
-        from pairfree.judge.world import build_world_judge
-        from pairfree.pretrain.judge import JudgeTrainee, load_trainee_weights
-
         trainee = JudgeTrainee(build_world_judge(seed=0, image_size=84))
         trainee.load_state_dict(load_trainee_weights(where), strict=False)
         return trainee.judge.eval()
@@ -189,8 +183,6 @@ def load_judge(where: str):
 
 def main(argv=None) -> int:
     import sys
-
-    from pairfree.shipped import pretrained
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pairfree.kernels.judge_loss import judge_loss
+from pairfree.models.persistence import CheckpointError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -166,8 +169,6 @@ class QwenJudge(nn.Module):
     ) -> torch.Tensor:
         """Per-question loss ``(B,)`` toward the target answers (1 = Yes): the fused two-token CE, or the
         full-vocabulary CE of the paper's ablation (chunked)."""
-        from pairfree.kernels.judge_loss import judge_loss
-
         h = self.answer_hidden(images, questions)
         no_id, yes_id = (int(i) for i in self.answer_ids)
         if full_vocab:
@@ -232,8 +233,6 @@ def load_qwen_judge(
     from pathlib import Path
 
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
-    from pairfree.models.persistence import CheckpointError
 
     path = Path(path)
     for name in ("config.json", "tokenizer_config.json"):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pairfree.models.persistence import CheckpointError, PretrainedMixin
+from pairfree.models.tokenizer import build_world_tokenizer
 
 
 @dataclass
@@ -88,8 +89,6 @@ class WorldTextEncoder(nn.Module, PretrainedMixin):
     @classmethod
     def for_world(cls, seed: int = 0, **sizes) -> WorldTextEncoder:
         """A randomly initialised encoder with the world tokenizer."""
-        from pairfree.models.tokenizer import build_world_tokenizer
-
         tok = build_world_tokenizer()
         torch.manual_seed(seed)
         return cls(WorldTextEncoderConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **sizes), tok)

@@ -11,16 +11,16 @@ import random
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from pairfree.world.captions import caption
+from pairfree.world.edits import TEMPLATES, sample_edit
+from pairfree.world.scene import COLORS, SHAPES, SIZES, STYLES, TEXTURES, sample_scene
+from pairfree.world.vqa import pair_question, single_question
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
 
 
 def world_corpus(n: int = 400, seed: int = 0) -> list[str]:
     """Sentences covering the world's vocabulary: captions, instructions of both template sets, VQA questions."""
-    from pairfree.world.captions import caption
-    from pairfree.world.edits import TEMPLATES, sample_edit
-    from pairfree.world.scene import COLORS, SHAPES, SIZES, STYLES, TEXTURES, sample_scene
-    from pairfree.world.vqa import pair_question, single_question
-
     rng = random.Random(seed)
     text = [
         " ".join(list(COLORS) + list(SHAPES) + list(SIZES) + list(TEXTURES) + list(STYLES)),

@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pairfree import evaluator as attributes
-from pairfree.judge.qwen import QwenJudge
+from pairfree.judge.qwen import QwenJudge, answer_positions
 from pairfree.judge.world import build_world_judge
+from pairfree.kernels.judge_loss import judge_loss
 from pairfree.pretrain.common import Prefetch, PretrainConfig, command_line, ship, write_card
 from pairfree.pretrain.loop import train
 from pairfree.shipped import model_name
 from pairfree.world.bench import build_bench
-from pairfree.world.captions import describe_placed
+from pairfree.world.captions import TEXTURE_ADJ, describe_placed
 from pairfree.world.datasets import JudgeVQADataset, collate_vqa, item_seed
 from pairfree.world.edits import render_edits
 from pairfree.world.render import render
@@ -83,9 +84,6 @@ class JudgeTrainee(nn.Module):
         questions, whether each grid cell differs between the images (``diff``), read from the second image's
         tokens one layer below the top (what the answer position attends to): it teaches the language model to
         compare the two images cell by cell, which the long verification questions did not teach on their own."""
-        from pairfree.judge.qwen import answer_positions
-        from pairfree.kernels.judge_loss import judge_loss
-
         j = self.judge
         pairs = [i for i, d in enumerate(b.get("diff") or []) if d is not None] if diff_weight else []
         hidden, ids, mask = j.hidden_states(b["images"], b["question"], all_layers=bool(pairs))
@@ -125,8 +123,6 @@ class JudgeTrainee(nn.Module):
     def cell_word_embeddings(self, scenes) -> torch.Tensor:
         """``(B, cells, D)``: per cell, the summed input embeddings of the words describing it (cosine-compared, so
         the background's two words are counted twice to match an object's four)."""
-        from pairfree.world.captions import TEXTURE_ADJ
-
         tok = self.judge.tokenizer
         words = []
         for sc in scenes:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pairfree import pretrained
 from pairfree.config import ConfigError, from_dict
 from pairfree.flow import add_noise, logit_normal_t, shift_time, velocity_target
 from pairfree.models.bundle import FlowModel
@@ -187,7 +188,6 @@ def load_init(teacher: FlowModel, path: str) -> None:
 
 
 def run(cfg: PretrainConfig, resume: bool = False) -> dict:
-    from pairfree import pretrained
 
     out = Path(cfg.out)
     spec = get_spec(cfg.world)

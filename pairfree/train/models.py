@@ -11,11 +11,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pairfree.models.autoencoder import IdentityAutoencoder
+from pairfree.judge.qwen import load_qwen_judge
+from pairfree.models.autoencoder import DCAutoencoder, IdentityAutoencoder
 from pairfree.models.bundle import FlowModel
+from pairfree.models.convert import dit_from_diffusers
 from pairfree.models.dit import DiT
 from pairfree.models.persistence import CheckpointError
+from pairfree.models.text import HFTextEncoder
+from pairfree.shipped import NAMES, WEIGHTS_DIR, pretrained
 from pairfree.train.config import ModelsConfig
+from pairfree.world.spec import check_same, load_spec
 
 
 @dataclass
@@ -37,9 +42,6 @@ class EditorModels:
 def _load(kind: str, where: str, world=None):
     """A shipped world model (a name, or a directory in its layout); with ``world``, refused unless it was trained on
     that world spec."""
-    from pairfree.shipped import NAMES, WEIGHTS_DIR, pretrained
-    from pairfree.world.spec import check_same, load_spec
-
     path = WEIGHTS_DIR / where if where in NAMES else Path(where)
     if where not in NAMES and not path.is_dir():
         raise CheckpointError(
@@ -106,11 +108,6 @@ def load_diffusers_models(cfg: ModelsConfig, critic: bool = True) -> EditorModel
     """Paper scale from local directories: SANA (DiT + Gemma text encoder + DC-AE) as the teacher, the critic
     (a trainable copy of its DiT) and the generator (its DiT + reference skip); the text encoder and the
     autoencoder are frozen and shared. The judge: a local Qwen2.5-VL."""
-    from pairfree.judge.qwen import load_qwen_judge
-    from pairfree.models.autoencoder import DCAutoencoder
-    from pairfree.models.convert import dit_from_diffusers
-    from pairfree.models.text import HFTextEncoder
-
     dtype = getattr(torch, cfg.dtype)
     root = Path(cfg.teacher)
     if not root.is_dir():

@@ -16,6 +16,7 @@ import argparse
 
 from pairfree.flow import few_step_schedule
 from pairfree.train.losses import flow_loss
+from pairfree.train.run import add_arguments, train
 from pairfree.train.trainer import EditorTrainer
 
 
@@ -44,7 +45,6 @@ class PairedTrainer(EditorTrainer):
 
 
 def main(argv=None) -> int:
-    from pairfree.train.run import add_arguments, train
 
     p = argparse.ArgumentParser(prog="python -m pairfree.train.paired", description=__doc__.split("\n\n")[0])
     add_arguments(p)

@@ -9,7 +9,11 @@ import os
 import torch
 
 from pairfree.config import add_run_arguments, load_config
+from pairfree.device import resolve_device
 from pairfree.train.config import TrainConfig
+from pairfree.train.distributed import build_distributed_trainer
+from pairfree.train.models import load_models
+from pairfree.train.trainer import EditorTrainer
 from pairfree.world.spec import get_spec
 
 
@@ -20,10 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def train(args, trainer_cls=None, what: str = "editor") -> int:
     """Run ``trainer_cls`` (default :class:`EditorTrainer`) from parsed ``args``; ``what`` names its model."""
-    from pairfree.device import resolve_device
-    from pairfree.train.models import load_models
-    from pairfree.train.trainer import EditorTrainer
-
     cfg = load_config(TrainConfig, args.config, args.overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -31,8 +31,6 @@ def train(args, trainer_cls=None, what: str = "editor") -> int:
     device = None if distributed else resolve_device(cfg.device)  # under deepspeed each rank takes its own GPU
     models = load_models(cfg.models, critic=cfg.loss.uses_critic, world=get_spec(cfg.world))
     if distributed:
-        from pairfree.train.distributed import build_distributed_trainer
-
         trainer = build_distributed_trainer(cfg, models, trainer_cls or EditorTrainer)
     else:
         trainer = (trainer_cls or EditorTrainer)(cfg, models.to(device))

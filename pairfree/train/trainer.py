@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 
 from pairfree.config import to_dict
+from pairfree.edit import EditPipeline, edit_images
 from pairfree.engine.loop import run_steps
 from pairfree.engine.runlog import RunLog
 from pairfree.engine.state import atomic_save, ema_update
 from pairfree.engine.strategy import Strategy
 from pairfree.flow import few_step_schedule
 from pairfree.models.bundle import editor_x0
-from pairfree.pretrain.common import Prefetch
+from pairfree.pretrain.common import Prefetch, command_line
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import (
     dmd_generator_loss,
@@ -47,8 +48,11 @@ from pairfree.train.losses import (
     vlm_editing_loss,
 )
 from pairfree.train.models import EditorModels, ema_copy, trained_part
+from pairfree.train.samples import save_edit_rows
 from pairfree.unroll import per_sample_randn, unroll
 from pairfree.world.datasets import EditorDataset, item_seed
+from pairfree.world.edits import EDIT_TYPES, sample_edit
+from pairfree.world.render import render
 from pairfree.world.spec import get_spec, save_spec
 
 # the world vocabulary has no "nothing": the do-nothing instruction is spelled with words it has
@@ -358,8 +362,6 @@ class EditorTrainer:
 
     def export(self, path: Path) -> Path:
         """The (EMA) generator as an editor directory that ``EditPipeline.from_pretrained`` loads."""
-        from pairfree.edit import EditPipeline
-
         gen = self.ema if self.ema is not None else self.gen.module
         paper = self.cfg.models.format == "diffusers"  # then only the DiT is saved; text encoder and DC-AE stay
         pipe = EditPipeline(
@@ -371,7 +373,6 @@ class EditorTrainer:
             source=Path(self.cfg.models.teacher).resolve() if paper else None,
         )
         pipe.save_pretrained(path)
-        from pairfree.pretrain.common import command_line
 
         record = {  # what the model card (`pairfree eval --card`) says about training
             "trainer": self.TRAINER,
@@ -392,11 +393,6 @@ class EditorTrainer:
     @torch.no_grad()
     def save_samples(self, path: Path, n: int = 8) -> Path:
         """input | instruction | output for ``n`` fixed held-out edits (one per sub-type, val seeds)."""
-        from pairfree.edit import edit_images
-        from pairfree.train.samples import save_edit_rows
-        from pairfree.world.edits import EDIT_TYPES, sample_edit
-        from pairfree.world.render import render
-
         edits = [
             sample_edit(item_seed(0, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)], spec=self.spec) for i in range(n)
         ]

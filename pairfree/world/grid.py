@@ -9,6 +9,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from pairfree.world.captions import caption
+from pairfree.world.datasets import item_seed
+from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
 from pairfree.world.render import render
 from pairfree.world.scene import sample_scene
 from pairfree.world.spec import DEFAULT, WorldSpec
@@ -71,9 +73,6 @@ def save_edit_grid(
 ) -> Path:
     """Save ``n`` edits (cycling through the sub-types) as rows of input | instruction | ground-truth target |
     change mask to ``out`` (PNG), plus ``out`` with ``.json`` holding the edit records. Returns the PNG path."""
-    from pairfree.world.datasets import item_seed
-    from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     resolution = resolution or spec.resolution
