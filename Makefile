@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pairfree-installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*)
 
-.PHONY: install demo test test-slow test-all lint bench clean
+.PHONY: install demo test test-slow test-all lint bench gpu-wheels clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/modulated_rms_norm.py
+
+# the pure-Python wheels benchmarks/gpu_check.sh installs on a GPU machine without diffusers or network
+# (Python 3.12); wheels/ is ignored by git: carry it to that machine
+GPU_WHEELS ?= diffusers==0.42.1 importlib_metadata zipp
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d wheels $(GPU_WHEELS)
 
 clean:
 	rm -rf build *.egg-info pairfree/_C*.so $(VENV)

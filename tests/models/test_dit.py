@@ -4,7 +4,11 @@ import json
 
 import pytest
 import torch
-from diffusers import SanaTransformer2DModel
+
+try:
+    from diffusers import SanaTransformer2DModel
+except ImportError:  # the GPU test machine has no diffusers: the conversion tests skip, the rest run
+    SanaTransformer2DModel = None
 
 from pairfree.models import CheckpointError, DiT, DiTConfig
 from pairfree.models.convert import dit_from_diffusers
@@ -21,6 +25,9 @@ TINY = dict(
     caption_channels=12,
     sample_size=8,
 )
+
+
+needs_diffusers = pytest.mark.skipif(SanaTransformer2DModel is None, reason="diffusers not installed")
 
 
 def _random_sana(seed=0, **kw):
@@ -51,6 +58,7 @@ def _inputs(b=3, c=4, hw=8, seed=1):
         ({"patch_size": 1, "mlp_ratio": 3.0}, 5),
     ],
 )
+@needs_diffusers
 def test_converted_sana_matches_diffusers(kw, hw):
     ref = _random_sana(**kw)
     ours = dit_from_diffusers(ref).eval()
@@ -62,6 +70,7 @@ def test_converted_sana_matches_diffusers(kw, hw):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
+@needs_diffusers
 def test_convert_from_a_local_directory(tmp_path):
     ref = _random_sana()
     ref.save_pretrained(tmp_path / "sana" / "transformer")
@@ -75,6 +84,7 @@ def test_convert_from_a_local_directory(tmp_path):
         dit_from_diffusers(tmp_path / "missing")
 
 
+@needs_diffusers
 def test_reference_conditioning():
     model = dit_from_diffusers(_random_sana()).eval()
     x, t, text, mask = _inputs()
@@ -149,6 +159,7 @@ def test_save_load_round_trip_and_errors(tmp_path):
         DiT.from_pretrained(path)
 
 
+@needs_diffusers
 def test_sana_1600m_preset_on_meta_matches_the_published_size():
     with torch.device("meta"):
         ours = DiT(DiTConfig())
