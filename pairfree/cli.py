@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from pairfree.config import ConfigError
+    from pairfree.data.records import DataError
     from pairfree.edit import ImageError
     from pairfree.models.persistence import CheckpointError
     from pairfree.world.scene import SceneError
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (
         ConfigError,
+        DataError,
         CheckpointError,
         ImageError,
         FileNotFoundError,

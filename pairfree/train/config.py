@@ -119,6 +119,24 @@ class DistributedConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the editor's (image, instruction) items come from: ``world`` draws them from the shapes world
+    (``world``), ``jsonl`` reads records of real images (docs/data.md; ``pairfree data build`` writes them)."""
+
+    source: str = "world"
+    path: str = ""  # jsonl: the records file
+    image_root: str = ""  # jsonl: the folder the records' image paths are relative to (default: the file's folder)
+    min_side: int = 16  # jsonl: images smaller than this (pixels, either side) are skipped, counted and listed
+    do_nothing: str = "the same image as the original"  # the "do nothing" instruction (loss.do_nothing_prob)
+
+    def __post_init__(self):
+        if self.source not in ("world", "jsonl"):
+            raise ValueError(f"data.source: expected 'world' or 'jsonl', got {self.source!r}")
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("data.path: required with data.source=jsonl (a JSONL file of edit records)")
+
+
+@dataclass
 class TrainConfig:
     out: str = "runs/editor"
     world: str = "full"  # the world spec the data is drawn from (lite, full or a .yaml); must be the models' own
@@ -126,7 +144,8 @@ class TrainConfig:
     batch: int = 8  # per process
     copy_steps: int = 500  # stage 0: reference-copy warm-up
     steps: int = 2000  # stage 1: pair-free editing
-    mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
+    mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))  # world data: the sub-type mix
+    data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     loss: LossConfig = field(default_factory=LossConfig)

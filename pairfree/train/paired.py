@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from pairfree.config import ConfigError
 from pairfree.flow import few_step_schedule
 from pairfree.train.losses import flow_loss
 from pairfree.train.run import add_arguments, train
@@ -27,6 +28,11 @@ class PairedTrainer(EditorTrainer):
     samples at t ≥ 0.67 where the K = 4, shift 6 schedule lives; docs/experiments/lite-world.md)."""
 
     TRAINER = "paired"  # supervised toward ground-truth edits: a yardstick, not the pair-free editor
+
+    def __init__(self, cfg, models, **kw):
+        if cfg.data.source != "world":
+            raise ConfigError("data.source: the supervised yardstick needs the shapes world's targets (source: world)")
+        super().__init__(cfg, models, **kw)
 
     def edit_step(self, step: int) -> dict:
         b = self.cfg.batch

@@ -9,6 +9,7 @@ import os
 import torch
 
 from pairfree.config import add_run_arguments, load_config
+from pairfree.data.records import read_records
 from pairfree.device import resolve_device
 from pairfree.train.config import TrainConfig
 from pairfree.train.distributed import build_distributed_trainer
@@ -29,6 +30,8 @@ def train(args, trainer_cls=None, what: str = "editor") -> int:
         torch.set_num_threads(cfg.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = None if distributed else resolve_device(cfg.device)  # under deepspeed each rank takes its own GPU
+    if cfg.data.source == "jsonl":
+        read_records(cfg.data.path)  # a bad file fails here, before minutes of model loading
     models = load_models(cfg.models, critic=cfg.loss.uses_critic, world=get_spec(cfg.world))
     if distributed:
         trainer = build_distributed_trainer(cfg, models, trainer_cls or EditorTrainer)

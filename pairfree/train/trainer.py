@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from pairfree.config import to_dict
+from pairfree.data.dataset import JsonlEditorDataset
 from pairfree.edit import EditPipeline, edit_images
 from pairfree.engine.loop import run_steps
 from pairfree.engine.runlog import RunLog
@@ -56,8 +57,15 @@ from pairfree.world.render import render
 from pairfree.world.spec import get_spec, save_spec
 
 # the world vocabulary has no "nothing": the do-nothing instruction is spelled with words it has
-DO_NOTHING = "the same image as the original"
 CRITIC_STREAM = 5 * 10**11  # the critic's batches start this far into the (10**12-item) training stream (global index)
+
+
+def editor_data(cfg: TrainConfig, rank: int, world_size: int, spec):
+    """The (image, instruction, captions, questions) items of ``cfg.data``: the shapes world or a JSONL file."""
+    common = dict(seed=cfg.seed, resolution=cfg.models.resolution, rank=rank, world_size=world_size)
+    if cfg.data.source == "jsonl":
+        return JsonlEditorDataset(cfg.data.path, cfg.data.image_root, min_side=cfg.data.min_side, **common)
+    return EditorDataset(10**12, mix=cfg.mix, split="train", spec=spec, **common)
 
 
 def seeded(seed: int, stream: str, index: int, device) -> torch.Generator:
@@ -97,10 +105,7 @@ class EditorTrainer:
         if oc.ema and ema is None:
             self.ema = ema_copy(models.generator)
         self.spec = get_spec(cfg.world)
-        self.data = EditorDataset(
-            10**12, mix=cfg.mix, seed=cfg.seed, split="train", resolution=cfg.models.resolution, rank=self.rank,
-            world_size=self.world_size, spec=self.spec,
-        )  # fmt: skip
+        self.data = editor_data(cfg, self.rank, self.world_size, self.spec)
         self._items = Prefetch(self._build_batch, cfg.prefetch) if cfg.prefetch else self._build_batch
         self.schedule = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
         self.device = next(models.generator.parameters()).device
@@ -168,7 +173,7 @@ class EditorTrainer:
         items, gens = self.batch(step), self.generators(step)
         images = torch.stack([it["image"] for it in items]).to(self.device)
         nothing = per_sample_rand(gens, self.device) < lc.do_nothing_prob
-        instructions = [DO_NOTHING if n else it["instruction"] for it, n in zip(items, nothing.tolist())]
+        instructions = [cfg.data.do_nothing if n else it["instruction"] for it, n in zip(items, nothing.tolist())]
 
         # 1. unrolled few-step sampling with gradients through every step
         k = self.random_k("train", -1 - step)
@@ -290,7 +295,13 @@ class EditorTrainer:
         self.strategy.save(self.trained, self.out)
         if self.is_main:
             atomic_save(self.state_dict(), path)
+        skipped = getattr(self.data, "skipped", None)
+        if skipped:  # the images a JSONL dataset could not use, listed beside the checkpoint (each rank its own)
+            self.skipped_images_path().write_text(json.dumps(skipped, indent=1, sort_keys=True) + "\n")
         return path
+
+    def skipped_images_path(self) -> Path:
+        return self.out / ("skipped_images.json" if self.world_size == 1 else f"skipped_images.rank{self.rank}.json")
 
     def load(self) -> None:
         path = self.out / "checkpoint.pt"
@@ -309,6 +320,8 @@ class EditorTrainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.skipped, self.wall = state["step"], state["skipped"], state["wall_s"]
+        if self.cfg.data.source == "jsonl" and self.skipped_images_path().is_file():
+            self.data.skipped.update(json.loads(self.skipped_images_path().read_text()))
 
     # ------------------------------------------------------------------------------------------- run ---
     def train_step(self, step: int) -> dict:
@@ -322,7 +335,10 @@ class EditorTrainer:
             logs = {"stage": "edit", **self.edit_step(step)}
         self.step = step + 1
         average = lambda k, v: v if k in RANK_INVARIANT or isinstance(v, str) else self.strategy.all_mean(v)
-        return {k: average(k, v) for k, v in logs.items()}
+        logs = {k: average(k, v) for k, v in logs.items()}
+        if self.cfg.data.source == "jsonl":  # images skipped so far, all ranks together
+            logs["skipped_images"] = round(self.strategy.all_mean(len(self.data.skipped)) * self.world_size)
+        return logs
 
     def train(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Train to ``copy_steps + steps`` (or ``stop_after`` steps, for tests); returns the last logs."""
@@ -392,16 +408,23 @@ class EditorTrainer:
 
     @torch.no_grad()
     def save_samples(self, path: Path, n: int = 8) -> Path:
-        """input | instruction | output for ``n`` fixed held-out edits (one per sub-type, val seeds)."""
-        edits = [
-            sample_edit(item_seed(0, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)], spec=self.spec) for i in range(n)
-        ]
-        inputs = (render([e.source for e in edits], self.cfg.models.resolution)[0] * 2 - 1).to(self.device)
+        """input | instruction | output for ``n`` fixed edits: held-out world edits (one per sub-type, val seeds),
+        or the first items of a JSONL dataset."""
+        if self.cfg.data.source == "world":
+            edits = [
+                sample_edit(item_seed(0, "val", i), kind=EDIT_TYPES[i % len(EDIT_TYPES)], spec=self.spec)
+                for i in range(n)
+            ]
+            inputs = render([e.source for e in edits], self.cfg.models.resolution)[0] * 2 - 1
+            instructions, kinds = [e.instruction for e in edits], [e.kind for e in edits]
+        else:
+            items = self.data.__getitems__(list(range(n)))
+            inputs = torch.stack([it["image"] for it in items])
+            instructions, kinds = [it["instruction"] for it in items], [it["type"] for it in items]
+        inputs = inputs.to(self.device)
         gen = self.ema if self.ema is not None else self.gen.module
-        outputs = edit_images(
-            gen, inputs, [e.instruction for e in edits], self.schedule, seed=0, autoencoder=self.m.autoencoder
-        )
-        return save_edit_rows(path, inputs, [e.instruction for e in edits], outputs, labels=[e.kind for e in edits])
+        outputs = edit_images(gen, inputs, instructions, self.schedule, seed=0, autoencoder=self.m.autoencoder)
+        return save_edit_rows(path, inputs, instructions, outputs, labels=kinds)
 
 
 RANK_INVARIANT = ("k", "skipped", "grad_norm")  # the same on every rank
