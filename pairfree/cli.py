@@ -151,6 +151,18 @@ def _eval(args) -> int:
     return 0
 
 
+def _data_build(args) -> int:
+    from pairfree.data.build import build
+
+    report = build(args)
+    print(f"{report['records']} records from {report['images']} images in {args.out}/edits.jsonl; "
+          f"report.md says what was kept and why")  # fmt: skip
+    if not report["records"]:
+        print(f"pairfree data build: error: no proposal survived (see {args.out}/report.md)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _ablate(args) -> int:
     from pairfree.eval.ablate import ablate
 
@@ -251,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default="all", help="comma list of identity,teacher; 'all' or '' for none")
     p.add_argument("--card", action="store_true", help="also write MODEL_CARD.md (+ metrics.md) into --model")
     p.set_defaults(fn=_eval)
+
+    p = sub.add_parser("data", help="instruction data from your images")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("build", help="images -> VLM captions -> LLM proposals -> VLM validation -> edits.jsonl")
+    from pairfree.data.build import add_arguments as add_data_build_arguments
+
+    add_data_build_arguments(p)
+    p.set_defaults(fn=_data_build)
 
     p = sub.add_parser("ablate", help="the paper's ablation table: one resumable run per row and seed, evaluated")
     from pairfree.eval.ablate import add_arguments as add_ablate_arguments

@@ -207,6 +207,33 @@ class QwenJudge(nn.Module):
         )
         return out.loss
 
+    @torch.no_grad()
+    def generate_text(self, images: torch.Tensor, instruction: str, max_new_tokens: int = 64) -> list[str]:
+        """Greedy answers to ``instruction`` about each of ``images`` ``(N, 3, H, W)`` (e.g. a caption per image),
+        through transformers' ``generate``."""
+        device = self.answer_ids.device
+        pixel_values, grid = images_to_patches(images.to(device), self.config)
+        prompts = [prompt(instruction, 1, self.tokens_per_image, self.config.question_first)] * images.shape[0]
+        side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"  # generation appends on the right
+        try:
+            batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        finally:
+            self.tokenizer.padding_side = side
+        dtype = next(self.model.parameters()).dtype
+        out = self.model.generate(
+            **batch,
+            pixel_values=pixel_values.to(dtype),
+            image_grid_thw=grid,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **self._positions(batch["input_ids"]),
+        )
+        return [
+            t.strip()
+            for t in self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        ]
+
     def p_yes(self, images, questions) -> torch.Tensor:
         return self.forward(images, questions).softmax(-1)[:, 1]
 

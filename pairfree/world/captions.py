@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from pairfree.world.scene import Obj, Scene
+from pairfree.world.scene import Obj, Scene, SceneError
 
 TEXTURE_ADJ = {"solid": "plain", "stripes": "striped", "dots": "dotted", "checker": "checkered"}
 
@@ -59,3 +59,37 @@ def describe_placed(scene: Scene) -> str:
     parts = [f"{describe(o)} at the {scene.position_name(o)}" for o in objs] or ["no objects"]
     text = "; ".join(parts) + f"; {_background(scene)}"
     return text + (STYLE_SUFFIX[scene.style] if scene.style != "none" else "") + "."
+
+
+def parse_placed(text: str, spec) -> Scene:
+    """The scene a :func:`describe_placed` text describes (its inverse; the spacing of generated text — "left ;"
+    — is accepted). Raises :class:`SceneError` naming the part it cannot read."""
+    norm = " ".join(text.replace(";", " ; ").replace(",", " , ").replace(".", " . ").split()).rstrip(" .")
+    style = "none"
+    for name, suffix in STYLE_SUFFIX.items():
+        s = " ".join(suffix.replace(",", " , ").split())
+        if name != "none" and s and norm.endswith(s):
+            style, norm = name, norm[: -len(s)].rstrip()
+    parts = [p.strip() for p in norm.split(";")]
+    adj_to_texture = {v: k for k, v in TEXTURE_ADJ.items()}
+    cells = {spec.cell_name(r, c): (r, c) for r in range(spec.grid) for c in range(spec.grid)}
+    sizes = [n for n, _ in spec.sizes]
+    words = parts[-1].split()
+    if len(words) != 4 or words[0] != "a" or words[3] != "background" or words[1] not in adj_to_texture:
+        raise SceneError(f"caption: cannot read the background from {parts[-1]!r}")
+    if words[2] not in spec.colors:
+        raise SceneError(f"caption: background colour {words[2]!r} is not in world {spec.name!r}")
+    objects = []
+    for part in parts[:-1]:
+        if part == "no objects":
+            continue
+        head, sep, where = part.partition(" at the ")
+        w = head.split()
+        texture = "solid"
+        if len(w) == 5 and w[2] in adj_to_texture:
+            texture = adj_to_texture[w.pop(2)]
+        ok = sep and len(w) == 4 and w[0] == "a" and w[1] in sizes and w[2] in spec.colors and w[3] in spec.shapes
+        if not ok or where not in cells or texture not in spec.textures:
+            raise SceneError(f"caption: cannot read an object of world {spec.name!r} from {part!r}")
+        objects.append(Obj(w[3], w[2], texture, w[1], *cells[where]))
+    return Scene(words[2], adj_to_texture[words[1]], tuple(objects), style, spec)

@@ -7,11 +7,15 @@ import pytest
 
 from pairfree.cli import main as cli
 from pairfree.config import load_config
+from pairfree.data.records import read_records
 from pairfree.data.world import write_world_jsonl
+from pairfree.edit import save_image
 from pairfree.train.config import TrainConfig
 from pairfree.train.models import load_models
 from pairfree.train.paired import PairedTrainer
-from pairfree.world.spec import FULL
+from pairfree.world.render import render
+from pairfree.world.scene import sample_scene
+from pairfree.world.spec import FULL, LITE
 
 from .conftest import tiny_overrides
 
@@ -22,6 +26,13 @@ def jsonl(tmp_path_factory):
     path = write_world_jsonl(folder, 10, FULL)
     (folder / "images" / "0003.png").write_bytes(b"broken")
     return path
+
+
+def write_pngs(folder, n, seed=0):
+    scenes = [sample_scene(seed + i, LITE) for i in range(n)]
+    for i, im in enumerate(render(scenes, 32)[0] * 2 - 1):
+        save_image(im, folder / f"{i:03d}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
 
 
 def _metrics(path):
@@ -65,3 +76,33 @@ def test_jsonl_config_errors_are_one_line(tiny_models, jsonl, tmp_path, capsys):
     )
     with pytest.raises(ValueError, match="needs the shapes world"):
         PairedTrainer(cfg, load_models(cfg.models))
+
+
+def test_build_end_to_end_into_training(tiny_models, tmp_path, capsys):
+    write_pngs(tmp_path / "images", 16)  # shapes-world renders stand in for photographs
+    out = tmp_path / "data"
+    argv = ["data", "build", "--images", str(tmp_path / "images"), "--out", str(out), "--llm", "template",
+            "--vlm", "lite-judge", "--checks", "object", "--device", "cpu", "--batch", "6"]  # fmt: skip
+    assert cli([*argv, "--limit", "7"]) == 0
+    first = [json.loads(x)["image"] for x in (out / "work.jsonl").read_text().splitlines()]
+    assert len(first) == 7
+    assert cli(argv) == 0  # resumable: the first seven are not redone
+    rows = [json.loads(x) for x in (out / "work.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in rows[:7]] == first and len(rows) == 17
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["skipped_images"]) == ["../images/broken.png"]
+    assert "not a readable image" in report["skipped_images"]["../images/broken.png"]
+    counts = report["per_type"]
+    assert sum(c["proposed"] for c in counts.values()) == 2 * 16
+    assert all(c["proposed"] == c["malformed"] + sum(c["rejected"].values()) + c["kept"] for c in counts.values())
+    records = read_records(out / "edits.jsonl")
+    assert len(records) == report["records"] > 0
+    assert all(r.provenance["vlm"] == "lite-judge" and r.source_caption for r in records)
+    caption_rows = [r for r in rows if r.get("caption_by") == "lite-judge"]
+    assert len(caption_rows) == 16  # every readable image captioned by the VLM (no .txt captions given)
+    assert "| remove |" in (out / "report.md").read_text()
+
+    sets = tiny_overrides(
+        tiny_models, tmp_path / "run", **{"data.source": "jsonl", "data.path": str(out / "edits.jsonl")}
+    )
+    assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set", *sets]) == 0
