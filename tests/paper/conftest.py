@@ -69,3 +69,33 @@ def save_tiny_qwen(path):
 def paper_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper_weights")
     return save_tiny_sana_pipeline(root / "sana"), save_tiny_qwen(root / "qwen")
+
+
+@pytest.fixture(scope="session")
+def real_records(tmp_path_factory):
+    """A JSONL of photograph-like records in the paper's reimplementation's field names: random RGB images of
+    other sizes and aspect ratios than the run's resolution."""
+    import json
+
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("real_data")
+    (root / "photos").mkdir()
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for i, (w, h, kind, text) in enumerate(
+        [
+            (48, 40, "color", "make the cup red"),
+            (64, 48, "remove", "remove the cup"),
+            (40, 56, "style", "make it a sketch"),
+        ]
+    ):
+        pixels = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / "photos" / f"{i}.jpg")
+        record = {"input_image_path": f"photos/{i}.jpg", "edit_instruction": text, "edit_type": kind,
+                  "edited_caption": f"a photo after: {text}", "width": w, "height": h}  # fmt: skip
+        if kind != "style":
+            record["object"] = "cup"
+        lines.append(json.dumps(record))
+    (root / "edits.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "edits.jsonl"

@@ -24,8 +24,9 @@ from pairfree.train.trainer import EditorTrainer
 PRESETS = sorted(Path("configs/paper").glob("*.yaml"))
 
 
-def tiny(preset, sana, qwen, out, *extra):
-    sets = [f"models.teacher={sana}", f"models.judge={qwen}", "models.resolution=32", "models.judge_image_size=56"]
+def tiny(preset, sana, qwen, out, *extra, data=None):
+    sets = [f"data.path={data}"] if data else []
+    sets += [f"models.teacher={sana}", f"models.judge={qwen}", "models.resolution=32", "models.judge_image_size=56"]
     sets += ["models.dtype=float32", "models.text_max_length=12", "batch=2", "copy_steps=1", "steps=1"]
     sets += [f"out={out}", "sample_every=0", "optim.critic_updates=1", "optim.ema=0.9", *extra]
     return load_config(TrainConfig, preset, sets)
@@ -37,9 +38,10 @@ def test_there_are_presets_for_7b_3b_and_multinode():
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_preset_loads_and_trains_in_latent_space(preset, paper_dirs, tmp_path):
+def test_preset_loads_and_trains_in_latent_space(preset, paper_dirs, real_records, tmp_path):
     sana, qwen = paper_dirs
-    cfg = tiny(preset, sana, qwen, tmp_path / "run")
+    cfg = tiny(preset, sana, qwen, tmp_path / "run", data=real_records)
+    assert cfg.data.source == "jsonl"  # the presets read instruction records of your images
     models = load_models(cfg.models)
     assert models.autoencoder.latent_channels == 4 and models.teacher.dit.config.in_channels == 4
     assert not any(p.requires_grad for p in models.generator.text.parameters())  # shared, frozen
@@ -94,12 +96,13 @@ LAUNCHER = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.skipif(LAUNCHER is None, reason="deepspeed launcher not installed")
-def test_preset_under_deepspeed_two_ranks(paper_dirs, tmp_path):
+def test_preset_under_deepspeed_two_ranks(paper_dirs, real_records, tmp_path):
     """The 1x8 preset's engines (ZeRO-3 DiTs; the shared frozen text encoder inside the teacher's ZeRO-3
     inference engine) under `DS_ACCELERATOR=cpu deepspeed --num_gpus 2`, its DeepSpeed JSON included."""
     sana, qwen = paper_dirs
     sets = [f"models.teacher={sana}", f"models.judge={qwen}", "models.resolution=32", "models.judge_image_size=56"]
     sets += ["models.dtype=float32", "models.text_max_length=12", "batch=1", "copy_steps=1", "steps=2"]
+    sets += [f"data.path={real_records}"]
     sets += [f"out={tmp_path}", "sample_every=0", "optim.critic_updates=1", "threads=1", "log_every=1"]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).parents[2])}
     env.pop("TRITON_INTERPRET", None)
