@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import torch
 
+from pairfree.kernels.flow_step import flow_step
+
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``x_t = (1 − t)·x0 + t·ε`` with ``t`` ``(B,)``."""
@@ -65,13 +67,16 @@ def sample_few_step(
     predict: Predictor, noise: torch.Tensor, schedule: list[float], generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Few-step sampling: at each scheduled t predict x̂0, then re-noise it with *fresh* noise to the next t;
-    returns the last x̂0. ``predict(x_t, t)`` returns the velocity."""
+    returns the last x̂0. ``predict(x_t, t)`` returns the velocity. The x̂0 and re-noise of a step run as the
+    fused ``flow_step`` op (one pass over memory)."""
     x = noise
     x0 = noise
     for i, t in enumerate(schedule):
         tt = torch.full((noise.shape[0],), t, dtype=noise.dtype, device=noise.device)
-        x0 = x0_from_velocity(x, predict(x, tt), tt)
+        v = predict(x, tt)
         if i + 1 < len(schedule):
             fresh = torch.randn(noise.shape, generator=generator, dtype=noise.dtype, device=noise.device)
-            x = add_noise(x0, fresh, torch.full_like(tt, schedule[i + 1]))
+            x0, x = flow_step(x, v, fresh, tt, torch.full_like(tt, schedule[i + 1]))
+        else:
+            x0 = x0_from_velocity(x, v, tt)
     return x0
