@@ -442,3 +442,19 @@ def test_progress_writes_plain_lines_to_a_log(tmp_path):
     for _ in range(5):
         bar.update(1)
     assert [ln.split(" ")[1] for ln in log.getvalue().splitlines()] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+
+
+def test_command_line_is_the_command_a_user_retypes(monkeypatch):
+    from pathlib import Path
+
+    from pairfree.pretrain.common import command_line
+
+    pkg = Path(__file__).resolve().parents[1] / "pairfree"
+    for argv, expected in [
+        (["/venv/bin/pairfree", "train", "--resume"], "pairfree train --resume"),
+        ([str(pkg / "train" / "paired.py"), "--config", "c.yaml"], "python -m pairfree.train.paired --config c.yaml"),
+        ([str(pkg / "train" / "__main__.py"), "--config", "c"], "python -m pairfree.train --config c"),
+        (["/tmp/script.py", "x"], "python /tmp/script.py x"),
+    ]:
+        monkeypatch.setattr("sys.argv", argv)
+        assert command_line() == expected

@@ -108,8 +108,15 @@ def ship(run_dir: Path, name: str) -> Path:
 
 
 def command_line() -> str:
-    return (
-        "pairfree " + " ".join(sys.argv[1:])
-        if sys.argv and sys.argv[0].endswith("pairfree")
-        else " ".join(["python -m pairfree.cli"] + sys.argv[1:])
-    )
+    """The command that started this process, as a user would type it again (``pairfree ...`` or
+    ``python -m pairfree.<module> ...``)."""
+    a0 = sys.argv[0] if sys.argv else ""
+    if a0.endswith("pairfree"):
+        return " ".join(["pairfree", *sys.argv[1:]])
+    package = Path(__file__).resolve().parents[1]
+    try:
+        parts = Path(a0).resolve().relative_to(package).with_suffix("").parts
+        head = "python -m " + ".".join(["pairfree", *(p for p in parts if p != "__main__")])
+    except ValueError:  # not a module of the package (a script, `python -c`)
+        head = f"python {a0}"
+    return " ".join([head, *sys.argv[1:]])
