@@ -98,6 +98,8 @@ def parse_answer(text: str) -> dict:
         raise ProposalError(f"not JSON ({e.msg})") from None
     if not isinstance(d, dict):
         raise ProposalError(f"expected a JSON object, got {type(d).__name__}")
+    if set(d) == {"error"}:  # the proposer says this sub-type cannot be proposed for this image
+        raise ProposalError(f"declined: {d['error']}")
     missing = [k for k in ANSWER_KEYS if k not in d]
     if missing:
         raise ProposalError(f"missing key(s) {missing}")

@@ -33,6 +33,7 @@ def test_parse_answer_is_strict():
         ('{"instruction": 3, "edited_caption": "x", "object": ""}', "every value must be a string"),
         ('{"instruction": " ", "edited_caption": "x", "object": ""}', "empty instruction"),
         ('Sure! {"instruction": "a", "edited_caption": "b", "object": ""}', "not JSON"),
+        ('{"error": "no valid edit of this type on this scene"}', "declined: no valid edit"),
     ]:
         with pytest.raises(ProposalError) as e:
             parse_answer(text)
