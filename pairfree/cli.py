@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_ablate)
 
     args = parser.parse_args(argv)
+    from pairfree.pretrain import common
+
+    common.CLI_ARGV = list(argv) if argv is not None else None  # what command_line() reports for this run
     from pairfree.config import ConfigError
     from pairfree.data.records import DataError
     from pairfree.edit import ImageError

@@ -457,4 +457,7 @@ def test_command_line_is_the_command_a_user_retypes(monkeypatch):
         (["/tmp/script.py", "x"], "python /tmp/script.py x"),
     ]:
         monkeypatch.setattr("sys.argv", argv)
+        monkeypatch.setattr("pairfree.pretrain.common.CLI_ARGV", None)
         assert command_line() == expected
+    monkeypatch.setattr("pairfree.pretrain.common.CLI_ARGV", ["train", "--resume"])  # cli.main(argv) from Python
+    assert command_line() == "pairfree train --resume"

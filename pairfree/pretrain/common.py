@@ -107,9 +107,14 @@ def ship(run_dir: Path, name: str) -> Path:
     return dst
 
 
+CLI_ARGV: list[str] | None = None  # set by ``pairfree.cli.main(argv)`` when it is called with its arguments
+
+
 def command_line() -> str:
     """The command that started this process, as a user would type it again (``pairfree ...`` or
-    ``python -m pairfree.<module> ...``)."""
+    ``python -m pairfree.<module> ...``); a ``pairfree.cli.main(argv)`` call in Python counts as ``pairfree argv``."""
+    if CLI_ARGV is not None:
+        return " ".join(["pairfree", *CLI_ARGV])
     a0 = sys.argv[0] if sys.argv else ""
     if a0.endswith("pairfree"):
         return " ".join(["pairfree", *sys.argv[1:]])
