@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pairfree.data.dataset import ImageSkip, read_image
-from pairfree.data.records import NEEDS_OBJECT, DataError, EditRecord, with_article, write_records
+from pairfree.data.records import NEEDS_OBJECT, DataError, EditRecord, jsonl_lines, with_article, write_records
 from pairfree.data.world import edit_object
 from pairfree.device import resolve_device
 from pairfree.judge.qwen import load_qwen_judge
@@ -70,13 +70,7 @@ def collect_inputs(src: str | Path) -> list[tuple[Path, str]]:
         return [(p, txt(p)) for p in images]
     if src.is_file():
         out = []
-        for n, line in enumerate(src.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{src}:{n}: not valid JSON ({e.msg})") from None
+        for n, d in jsonl_lines(src):
             if not isinstance(d, dict) or not isinstance(d.get("image"), str):
                 raise DataError(f"{src}:{n}: expected an object with an 'image' path")
             out.append((src.parent / d["image"], str(d.get("caption", ""))))

@@ -111,21 +111,25 @@ def parse_record(raw, where: str) -> EditRecord:
     return EditRecord(**d)
 
 
-def read_records(path: str | Path) -> list[EditRecord]:
-    """Every record of a JSONL file (blank lines skipped), validated; an empty file is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such JSONL file")
-    records = []
+def jsonl_lines(path: Path):
+    """``(line number, parsed JSON)`` for each non-blank line of ``path``; a line that is not JSON is a
+    :class:`DataError` naming the file and line."""
     with path.open() as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                raw = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            records.append(parse_record(raw, f"{path}:{n}"))
+
+
+def read_records(path: str | Path) -> list[EditRecord]:
+    """Every record of a JSONL file (blank lines skipped), validated; an empty file is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such JSONL file")
+    records = [parse_record(raw, f"{path}:{n}") for n, raw in jsonl_lines(path)]
     if not records:
         raise DataError(f"{path}: no records")
     return records
