@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check pairfree tests benchmarks setup.py
 
 bench: $(STAMP)
-	$(PY) benchmarks/modulated_rms_norm.py
+	$(PY) benchmarks/modulated_norm.py
 
 # the pure-Python wheels benchmarks/gpu_check.sh installs on a GPU machine without diffusers or network
 # (Python 3.12); wheels/ is ignored by git: carry it to that machine

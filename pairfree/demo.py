@@ -22,7 +22,7 @@ from pairfree.config import load_config
 from pairfree.eval.editing import evaluate, markdown_table
 from pairfree.evaluator import accuracy
 from pairfree.kernels import dispatch
-from pairfree.kernels.modulated_rms_norm import modulated_rms_norm, modulated_rms_norm_reference
+from pairfree.kernels.modulated_norm import modulated_norm_reference, modulated_rms_norm
 from pairfree.pretrain import teacher as teacher_pretrain
 from pairfree.pretrain.evaluator import batch_of, scenes_for
 from pairfree.shipped import WEIGHTS_DIR, model_name, world_prefix
@@ -84,10 +84,10 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0, wor
     }
     kw = {k: v.double() for k, v in kw.items()}
     cot = [torch.randn(b, n, d, dtype=torch.float64) for _ in range(2)]
-    exact = _grads(modulated_rms_norm_reference, x, kw, cot, torch.float64)
+    exact = _grads(modulated_norm_reference, x, kw, cot, torch.float64)
     names = ["y", "s", "dx", "dshift", "dscale", "dresidual", "dgate"]
     backends = [
-        k for k, why in dispatch.live_backends("cpu").items() if why is None and k in dispatch.OPS["modulated_rms_norm"]
+        k for k, why in dispatch.live_backends("cpu").items() if why is None and k in dispatch.OPS["modulated_norm"]
     ]
     rows = []
     print(f"\n== modulated RMSNorm (+ residual, gate) vs fp64 reference, shape {b}x{n}x{d} ==")
@@ -106,10 +106,10 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0, wor
     x = torch.randn(b, n, d, requires_grad=True)
     shift, scale = torch.randn(b, d, requires_grad=True), torch.randn(b, d, requires_grad=True)
     timings = {}
-    for name, fn in {"eager": modulated_rms_norm_reference, "pairfree": modulated_rms_norm}.items():
+    for name, fn in {"eager": modulated_norm_reference, "pairfree": modulated_rms_norm}.items():
         step = lambda fn=fn: torch.autograd.grad(fn(x, None, shift, scale).square().sum(), (x, shift, scale))
         timings[name] = _time_ms(step)
-    auto = dispatch.select("modulated_rms_norm", torch.device("cpu"))
+    auto = dispatch.select("modulated_norm", torch.device("cpu"))
     print(f"\n== forward+backward {b}x{n}x{d} fp32, median of 10 ==")
     print(
         f"eager PyTorch {timings['eager']:.2f} ms | pairfree ({auto}) {timings['pairfree']:.2f} ms "

@@ -42,8 +42,8 @@ def test_extension_built_with_cpu_kernels():
 
     ext = dispatch.extension()
     assert ext is not None, f"pairfree._C did not import: {dispatch.extension_error()}"
-    assert hasattr(ext, "modulated_rms_norm_fwd") and hasattr(ext, "modulated_rms_norm_bwd")
-    assert dispatch.select("modulated_rms_norm", __import__("torch").device("cpu")) == "cpp"
+    assert hasattr(ext, "modulated_norm_fwd") and hasattr(ext, "modulated_norm_bwd")
+    assert dispatch.select("modulated_norm", __import__("torch").device("cpu")) == "cpp"
 
 
 def test_package_works_without_extension():
@@ -51,10 +51,10 @@ def test_package_works_without_extension():
     code = """
 import sys, torch
 sys.modules["pairfree._C"] = None  # makes `from pairfree import _C` raise ImportError
-from pairfree.kernels import backend_report, modulated_rms_norm, modulated_rms_norm_reference
-assert backend_report()["modulated_rms_norm"]["cpu"] == "reference", backend_report()
+from pairfree.kernels import backend_report, modulated_norm_reference, modulated_rms_norm
+assert backend_report()["modulated_norm"]["cpu"] == "reference", backend_report()
 x, s, c = torch.randn(2, 5, 8), torch.randn(2, 8), torch.randn(2, 8)
-torch.testing.assert_close(modulated_rms_norm(x, None, s, c), modulated_rms_norm_reference(x, None, s, c))
+torch.testing.assert_close(modulated_rms_norm(x, None, s, c), modulated_norm_reference(x, None, s, c))
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -78,6 +78,6 @@ def test_environment_override(monkeypatch):
 
     from pairfree.kernels import dispatch
 
-    monkeypatch.setenv("PAIRFREE_MODULATED_RMS_NORM_BACKEND", "reference")
-    assert dispatch.select("modulated_rms_norm", torch.device("cpu")) == "reference"
-    assert dispatch.select("modulated_rms_norm", torch.device("cpu"), "cpp") == "cpp"  # explicit wins
+    monkeypatch.setenv("PAIRFREE_MODULATED_NORM_BACKEND", "reference")
+    assert dispatch.select("modulated_norm", torch.device("cpu")) == "reference"
+    assert dispatch.select("modulated_norm", torch.device("cpu"), "cpp") == "cpp"  # explicit wins

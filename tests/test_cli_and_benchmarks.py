@@ -12,7 +12,7 @@ from pairfree.cli import main
 def test_doctor_reports_versions_backends_and_ops(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for expected in ("torch", "deepspeed", "C++ CPU (pairfree._C)", "Triton interpreter", "modulated_rms_norm"):
+    for expected in ("torch", "deepspeed", "C++ CPU (pairfree._C)", "Triton interpreter", "modulated_norm"):
         assert expected in out
     assert f"torch          {torch.__version__}" in out
 
@@ -61,14 +61,14 @@ def test_demo_writes_results(tmp_path):
 
 def test_benchmark_quick_runs_every_provider(tmp_path):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-    from benchmarks import modulated_rms_norm as bench
+    from benchmarks import modulated_norm as bench
 
     rows = bench.main(["--quick", "--out", str(tmp_path), "--repeats", "2"])
     providers = {r["provider"] for r in rows}
     assert {"eager", "pairfree-cpp"} <= providers
     assert {r["mode"] for r in rows} == {"forward", "backward", "full"}
     assert all(r["median_ms"] > 0 for r in rows)
-    saved = json.loads((tmp_path / "modulated_rms_norm_quick_cpu.json").read_text())
+    saved = json.loads((tmp_path / "modulated_norm_quick_cpu.json").read_text())
     assert saved["meta"]["command"] and saved["meta"]["device"] and len(saved["rows"]) == len(rows)
 
 

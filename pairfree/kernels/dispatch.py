@@ -28,7 +28,7 @@ PREFERENCE = {"cuda": ("triton", "cuda", "sdpa", "reference"), "cpu": ("cpp", "s
 
 # Backends each op implements.
 OPS: dict[str, tuple[str, ...]] = {
-    "modulated_rms_norm": ("cuda", "triton", "cpp", "reference"),
+    "modulated_norm": ("cuda", "triton", "cpp", "reference"),
     "attention": ("triton", "sdpa", "reference"),
     "judge_loss": ("triton", "reference"),
     "linear_attention": ("triton", "reference"),

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pairfree.kernels import modulated_rms_norm
+from pairfree.kernels import modulated_norm
 from pairfree.kernels.attention import attention
 from pairfree.kernels.linear_attention import linear_attention
 from pairfree.models.persistence import PretrainedMixin
@@ -107,22 +107,24 @@ class TimestepEmbedder(nn.Module):
         return self.modulation(F.silu(emb)), emb
 
 
-class Modulate(nn.Module):
-    """Norm without affine, then ``· (1 + scale) + shift``; shift/scale per sample ``(B, 1, D)`` or per token."""
-
-    def __init__(self, cfg: DiTConfig):
-        super().__init__()
-        self.kind, self.eps = cfg.norm, cfg.norm_eps
-        if cfg.norm == "rms":
-            self.register_buffer("ones", torch.ones(cfg.width), persistent=False)
-
-    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if self.kind == "rms":  # per sample (B, D) or per token (B, N, D), as the fused op takes them
-            per_sample = shift.shape[1] == 1
-            shift = shift[:, 0] if per_sample else shift.expand(x.shape)
-            scale = scale[:, 0] if per_sample else scale.expand(x.shape)
-            return modulated_rms_norm(x, self.ones.to(x.dtype), shift, scale, self.eps)
-        return (F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift).to(x.dtype)
+def modulate(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    kind: str,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
+):
+    """Norm without affine, then ``· (1 + scale) + shift``, through pairfree's fused modulated-norm op; with a
+    ``residual``, the norm of ``s = residual + gate · x`` and ``s`` itself: ``(y, s)``. Modulation per sample
+    ``(B, 1, D)`` or per token ``(B, N, D)``."""
+    mods = (shift, scale) if gate is None else (shift, scale, gate)
+    if all(m.shape[1] == 1 for m in mods):
+        mods = [m[:, 0] for m in mods]
+    else:
+        mods = [m.expand(x.shape) for m in mods]
+    return modulated_norm(x, None, mods[0], mods[1], eps, residual, mods[2] if gate is not None else None, kind)
 
 
 class SelfAttention(nn.Module):
@@ -178,20 +180,29 @@ class MixFFN(nn.Module):
 
 
 class DiTBlock(nn.Module):
+    """SANA's block. Each norm is fused with the residual add before it: ``norm1`` adds the previous block's
+    gated FFN output (``h_prev · gate_prev``), ``norm2`` the cross-attention output. So a block returns its
+    residual stream without its own FFN output, ``(x, h, gate)``; the next block (or the output norm) adds it."""
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
+        self.kind, self.eps = cfg.norm, cfg.norm_eps
         self.modulation = nn.Parameter(torch.randn(6, cfg.width) / cfg.width**0.5)
-        self.norm = Modulate(cfg)
         self.self_attn = SelfAttention(cfg)
         self.cross_attn = CrossAttention(cfg)
         self.ffn = MixFFN(cfg)
 
-    def forward(self, x, temb, text, text_mask, grid):
-        """``temb``: ``(B, T, 6, D)`` with T = 1 (one timestep per sample) or T = N (per token)."""
+    def forward(self, x, temb, text, text_mask, grid, h_prev=None, gate_prev=None):
+        """``temb``: ``(B, T, 6, D)`` with T = 1 (one timestep per sample) or T = N (per token). Returns
+        ``(x, h, gate)``: the block's output is ``x + gate · h``."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (self.modulation + temb).unbind(2)
-        x = x + gate_msa * self.self_attn(self.norm(x, shift_msa, scale_msa))
-        x = x + self.cross_attn(x, text, text_mask)
-        return x + gate_mlp * self.ffn(self.norm(x, shift_mlp, scale_mlp), grid)
+        if h_prev is None:
+            y = modulate(x, shift_msa, scale_msa, self.kind, self.eps)
+        else:
+            y, x = modulate(h_prev, shift_msa, scale_msa, self.kind, self.eps, residual=x, gate=gate_prev)
+        x = x + gate_msa * self.self_attn(y)
+        y, x = modulate(self.cross_attn(x, text, text_mask), shift_mlp, scale_mlp, self.kind, self.eps, residual=x)
+        return x, self.ffn(y, grid), gate_mlp
 
 
 class DiT(nn.Module, PretrainedMixin):
@@ -277,13 +288,17 @@ class DiT(nn.Module, PretrainedMixin):
             ref_temb, _ = self.time_embed(torch.zeros_like(t, device=x.device), tokens.dtype, pooled)
             tokens = torch.cat([tokens, ref], dim=1)
             temb = torch.cat([temb.expand(b, n, 6, -1), ref_temb.view(b, 1, 6, -1).expand(b, n, 6, -1)], dim=1)
+        h = gate = None
         for block in self.blocks:
             if cfg.gradient_checkpointing and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, temb, text, text_mask, grid, use_reentrant=False)
+                tokens, h, gate = checkpoint(block, tokens, temb, text, text_mask, grid, h, gate, use_reentrant=False)
             else:
-                tokens = block(tokens, temb, text, text_mask, grid)
-        tokens = tokens[:, :n]
+                tokens, h, gate = block(tokens, temb, text, text_mask, grid, h, gate)
         shift, scale = (self.out_modulation[None] + emb[:, None]).unbind(1)
-        tokens = F.layer_norm(tokens, tokens.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+        if h is None:  # no blocks
+            tokens = modulate(tokens[:, :n], shift[:, None], scale[:, None], "layer", 1e-6)
+        else:
+            gate = gate[:, :n] if gate.shape[1] > 1 else gate
+            tokens, _ = modulate(h[:, :n], shift[:, None], scale[:, None], "layer", 1e-6, tokens[:, :n], gate)
         out = self.out_proj(tokens).view(b, *grid, p, p, -1)
         return out.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, hh, ww)

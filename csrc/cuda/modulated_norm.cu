@@ -1,13 +1,14 @@
-// CUDA kernels for adaLN-modulated RMSNorm (see modulated_rms_norm.h for shapes).
+// CUDA kernels for adaLN-modulated RMSNorm and LayerNorm (see modulated_norm.h for shapes).
 //
 //   forward:  s = residual + gate * x        (only with a residual; otherwise s = x)
-//             y = s * rstd * w * (1 + scale) + shift,   rstd = 1 / sqrt(mean(s^2) + eps)
-//   backward: g = dy * (1 + scale) * w,  xhat = s * rstd
-//             ds = rstd * (g - xhat * mean(g * xhat)) + dx_sum
+//             c = s (rms) or s - mean(s) (layer)
+//             y = c * rstd * w * (1 + scale) + shift,   rstd = 1 / sqrt(mean(c^2) + eps)
+//   backward: g = dy * (1 + scale) * w,  xhat = c * rstd   (the layer mean recomputed from s)
+//             ds = rstd * (g - [layer] mean(g) - xhat * mean(g * xhat)) + dx_sum
 //             dx = gate * ds, dres = ds, dgate = sum(x * ds), dshift = sum(dy), dscale = sum(dy * xhat * w),
 //             dw = sum(dy * (1 + scale) * xhat)
 // Plain kernels: no torch headers. All arithmetic in fp32.
-#include "modulated_rms_norm.h"
+#include "modulated_norm.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -43,11 +44,11 @@ template <typename T>
 __global__ void fwd_kernel(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ gate,
                            const T* __restrict__ weight, const T* __restrict__ shift, const T* __restrict__ scale,
                            T* __restrict__ y, T* __restrict__ x_sum, float* __restrict__ rstd, int64_t dim,
-                           int64_t group, float eps) {
+                           int64_t group, float eps, bool layer) {
   __shared__ float smem[32];
   const int64_t row = blockIdx.x, m = row / group;
   const T* xr = x + row * dim;
-  float ss = 0.f;
+  float acc = 0.f;  // sum of s (layer) or of s^2 (rms)
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
     float s = to_f(xr[j]);
     if (residual) {
@@ -57,13 +58,23 @@ __global__ void fwd_kernel(const T* __restrict__ x, const T* __restrict__ residu
       x_sum[row * dim + j] = stored;
       s = to_f(stored);  // normalise what backward will see
     }
-    ss += s * s;
+    acc += layer ? s : s * s;
   }
-  const float r = rsqrtf(block_sum(ss, smem) / dim + eps);
-  if (threadIdx.x == 0) rstd[row] = r;
   const T* sr = residual ? x_sum + row * dim : xr;  // this thread wrote exactly these entries of x_sum
+  float mean = 0.f, var = block_sum(acc, smem) / dim;
+  if (layer) {  // two-pass variance: sum((s - mean)^2)
+    mean = var;
+    float sq = 0.f;
+    for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+      const float c = to_f(sr[j]) - mean;
+      sq += c * c;
+    }
+    var = block_sum(sq, smem) / dim;
+  }
+  const float r = rsqrtf(var + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-    float n = to_f(sr[j]) * r;
+    float n = (to_f(sr[j]) - mean) * r;
     if (weight) n *= to_f(weight[j]);
     y[row * dim + j] = from_f<T>(n * (1.f + to_f(scale[m * dim + j])) + to_f(shift[m * dim + j]));
   }
@@ -76,7 +87,7 @@ __global__ void bwd_kernel(const T* __restrict__ dy, const T* __restrict__ dx_su
                            const T* __restrict__ h, const T* __restrict__ weight, const T* __restrict__ scale,
                            const T* __restrict__ gate, const float* __restrict__ rstd, T* __restrict__ dx,
                            T* __restrict__ dres, float* __restrict__ dw_part, void* dshift, void* dscale,
-                           void* dgate, int64_t tokens, int64_t chunk, int64_t dim, int64_t group) {
+                           void* dgate, int64_t tokens, int64_t chunk, int64_t dim, int64_t group, bool layer) {
   extern __shared__ float acc[];  // [dw | dshift | dscale | dgate] x dim
   __shared__ float smem[32];
   const int64_t b = blockIdx.x, c = blockIdx.y, pid = b * gridDim.y + c;
@@ -89,18 +100,26 @@ __global__ void bwd_kernel(const T* __restrict__ dy, const T* __restrict__ dx_su
   for (int64_t row = start; row < end; ++row) {
     const int64_t m = row / group, o = row * dim;
     const float r = rstd[row];
-    float dot = 0.f;
+    float mean = 0.f;
+    if (layer) {
+      for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) mean += to_f(xn[o + j]);
+      mean = block_sum(mean, smem) / dim;
+    }
+    float dot = 0.f, gsum = 0.f;
     for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
       const float w = weight ? to_f(weight[j]) : 1.f;
-      const float xhat = to_f(xn[o + j]) * r;
-      dot += to_f(dy[o + j]) * (1.f + to_f(scale[m * dim + j])) * w * xhat;
+      const float xhat = (to_f(xn[o + j]) - mean) * r;
+      const float gw = to_f(dy[o + j]) * (1.f + to_f(scale[m * dim + j])) * w;
+      dot += gw * xhat;
+      gsum += gw;
     }
     dot = block_sum(dot, smem) / dim;
+    const float gmean = layer ? block_sum(gsum, smem) / dim : 0.f;
     for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
       const float w = weight ? to_f(weight[j]) : 1.f;
-      const float xhat = to_f(xn[o + j]) * r, d = to_f(dy[o + j]);
+      const float xhat = (to_f(xn[o + j]) - mean) * r, d = to_f(dy[o + j]);
       const float g = d * (1.f + to_f(scale[m * dim + j]));
-      float ds = r * (g * w - xhat * dot);
+      float ds = r * (g * w - gmean - xhat * dot);
       if (dx_sum) ds += to_f(dx_sum[o + j]);
       a_dw[j] += g * xhat;
       float dg = 0.f;
@@ -141,21 +160,22 @@ int threads_for(int64_t dim) {
 }  // namespace
 
 template <typename T>
-cudaError_t modulated_rms_norm_fwd(const T* x, const T* residual, const T* gate, const T* weight,
+cudaError_t modulated_norm_fwd(const T* x, const T* residual, const T* gate, const T* weight,
                                    const T* shift, const T* scale, T* y, T* x_sum, float* rstd,
-                                   int64_t rows, int64_t dim, int64_t group, float eps, cudaStream_t stream) {
+                                   int64_t rows, int64_t dim, int64_t group, float eps, bool layer,
+                                   cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   fwd_kernel<T><<<rows, threads_for(dim), 0, stream>>>(x, residual, gate, weight, shift, scale, y, x_sum, rstd,
-                                                       dim, group, eps);
+                                                       dim, group, eps, layer);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t modulated_rms_norm_bwd(const T* dy, const T* dx_sum, const T* x_normed, const T* h,
+cudaError_t modulated_norm_bwd(const T* dy, const T* dx_sum, const T* x_normed, const T* h,
                                    const T* weight, const T* scale, const T* gate, const float* rstd,
                                    T* dx, T* dres, float* dw_part, void* dshift, void* dscale, void* dgate,
                                    int64_t batch, int64_t tokens, int64_t chunks, int64_t dim, int64_t group,
-                                   cudaStream_t stream) {
+                                   bool layer, cudaStream_t stream) {
   if (batch * tokens == 0) return cudaSuccess;
   const size_t smem = 4 * dim * sizeof(float);
   auto kernel = bwd_kernel<T>;
@@ -166,17 +186,17 @@ cudaError_t modulated_rms_norm_bwd(const T* dy, const T* dx_sum, const T* x_norm
   const int64_t chunk = (tokens + chunks - 1) / chunks;
   dim3 grid((unsigned)batch, (unsigned)chunks);
   kernel<<<grid, threads_for(dim), smem, stream>>>(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, dx, dres,
-                                                  dw_part, dshift, dscale, dgate, tokens, chunk, dim, group);
+                                                  dw_part, dshift, dscale, dgate, tokens, chunk, dim, group, layer);
   return cudaGetLastError();
 }
 
 #define PAIRFREE_INSTANTIATE(T)                                                                              \
-  template cudaError_t modulated_rms_norm_fwd<T>(const T*, const T*, const T*, const T*, const T*, const T*, \
-                                                 T*, T*, float*, int64_t, int64_t, int64_t, float,           \
+  template cudaError_t modulated_norm_fwd<T>(const T*, const T*, const T*, const T*, const T*, const T*, \
+                                                 T*, T*, float*, int64_t, int64_t, int64_t, float, bool,     \
                                                  cudaStream_t);                                              \
-  template cudaError_t modulated_rms_norm_bwd<T>(const T*, const T*, const T*, const T*, const T*, const T*, \
+  template cudaError_t modulated_norm_bwd<T>(const T*, const T*, const T*, const T*, const T*, const T*, \
                                                  const T*, const float*, T*, T*, float*, void*, void*,       \
-                                                 void*, int64_t, int64_t, int64_t, int64_t, int64_t,         \
+                                                 void*, int64_t, int64_t, int64_t, int64_t, int64_t, bool,   \
                                                  cudaStream_t);
 PAIRFREE_INSTANTIATE(float)
 PAIRFREE_INSTANTIATE(__half)

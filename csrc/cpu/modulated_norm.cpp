@@ -1,6 +1,6 @@
-// C++ CPU kernels of modulated RMSNorm (math in csrc/cuda/modulated_rms_norm.cu's header comment).
+// C++ CPU kernels of modulated RMSNorm / LayerNorm (math in csrc/cuda/modulated_norm.cu's header comment).
 // Rows are split over threads with at::parallel_for; all arithmetic in fp32.
-#include "../modulated_rms_norm.h"
+#include "../modulated_norm.h"
 
 #include <ATen/Parallel.h>
 
@@ -31,7 +31,7 @@ inline void store(const float* src, T* dst, int64_t n) {
 
 template <typename T>
 void fwd_rows(const T* x, const T* residual, const T* gate, const T* weight, const T* shift, const T* scale, T* y,
-              T* x_sum, float* rstd, int64_t rows, int64_t dim, int64_t group, float eps) {
+              T* x_sum, float* rstd, int64_t rows, int64_t dim, int64_t group, float eps, bool layer) {
   std::vector<float> w(dim);
   load_f32(weight, w.data(), dim, 1.f);
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t begin, int64_t end) {
@@ -57,6 +57,14 @@ void fwd_rows(const T* x, const T* residual, const T* gate, const T* weight, con
         store(s.data(), x_sum + o, dim);
         load_f32(x_sum + o, s.data(), dim);  // normalise what backward will see (rounded to T)
       }
+      if (layer) {  // centre s; two-pass variance below
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < dim; ++j) sum += s[j];
+        const float mean = sum / dim;
+#pragma omp simd
+        for (int64_t j = 0; j < dim; ++j) s[j] -= mean;
+      }
       float ss = 0.f;
 #pragma omp simd reduction(+ : ss)
       for (int64_t j = 0; j < dim; ++j) ss += s[j] * s[j];
@@ -75,7 +83,7 @@ template <typename T>
 void bwd_rows(const T* dy, const T* dx_sum, const T* xn, const T* h, const T* weight, const T* scale, const T* gate,
               const float* rstd, T* dx, T* dres, float* dw_part, float* dsh_part, float* dsc_part, float* dg_part,
               T* dshift, T* dscale, T* dgate, int64_t batch, int64_t tokens, int64_t chunks, int64_t dim,
-              int64_t group) {
+              int64_t group, bool layer) {
   const int64_t chunk = (tokens + chunks - 1) / chunks;
   const bool per_sample = group > 1;
   std::vector<float> w(dim);
@@ -97,17 +105,25 @@ void bwd_rows(const T* dy, const T* dx_sum, const T* xn, const T* h, const T* we
         }
         load_f32(dy + o, d.data(), dim);
         load_f32(xn + o, xhat.data(), dim);
-        float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
+        float mean = 0.f;
+        if (layer) {  // the mean is recomputed from s, not saved
+#pragma omp simd reduction(+ : mean)
+          for (int64_t j = 0; j < dim; ++j) mean += xhat[j];
+          mean /= dim;
+        }
+        float dot = 0.f, gsum = 0.f;
+#pragma omp simd reduction(+ : dot, gsum)
         for (int64_t j = 0; j < dim; ++j) {
-          xhat[j] *= r;
+          xhat[j] = (xhat[j] - mean) * r;
           const float g = d[j] * (1.f + sc[j]);
           a_dw[j] += g * xhat[j];
           dot += g * w[j] * xhat[j];
+          gsum += g * w[j];
         }
         dot /= dim;
+        const float gmean = layer ? gsum / dim : 0.f;
 #pragma omp simd
-        for (int64_t j = 0; j < dim; ++j) ds[j] = r * (d[j] * (1.f + sc[j]) * w[j] - xhat[j] * dot);
+        for (int64_t j = 0; j < dim; ++j) ds[j] = r * (d[j] * (1.f + sc[j]) * w[j] - gmean - xhat[j] * dot);
         if (dx_sum) {
           load_f32(dx_sum + o, t.data(), dim);
 #pragma omp simd
@@ -156,34 +172,35 @@ const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
 
 }  // namespace
 
-Tensors3 modulated_rms_norm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
+Tensors3 modulated_norm_fwd_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
                                     const c10::optional<at::Tensor>& gate, const c10::optional<at::Tensor>& weight,
-                                    const at::Tensor& shift, const at::Tensor& scale, int64_t group, double eps) {
-  check_modulated_rms_norm_args(x, residual, gate, weight, shift, scale, group);
+                                    const at::Tensor& shift, const at::Tensor& scale, int64_t group, double eps,
+                                bool layer) {
+  check_modulated_norm_args(x, residual, gate, weight, shift, scale, group);
   const int64_t rows = x.size(0), dim = x.size(1);
   auto y = at::empty_like(x);
   auto x_sum = residual ? at::empty_like(x) : at::empty({0}, x.options());
   auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "modulated_rms_norm_fwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "modulated_norm_fwd_cpu", [&] {
     fwd_rows<scalar_t>(x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), ptr_or_null<scalar_t>(gate),
                        ptr_or_null<scalar_t>(weight), shift.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
                        y.data_ptr<scalar_t>(), residual ? x_sum.data_ptr<scalar_t>() : nullptr,
-                       rstd.data_ptr<float>(), rows, dim, group, static_cast<float>(eps));
+                       rstd.data_ptr<float>(), rows, dim, group, static_cast<float>(eps), layer);
   });
   return {y, x_sum, rstd};
 }
 
-Tensors6 modulated_rms_norm_bwd_cpu(const at::Tensor& dy, const c10::optional<at::Tensor>& dx_sum,
+Tensors6 modulated_norm_bwd_cpu(const at::Tensor& dy, const c10::optional<at::Tensor>& dx_sum,
                                     const at::Tensor& x_normed, const c10::optional<at::Tensor>& h,
                                     const c10::optional<at::Tensor>& weight, const at::Tensor& scale,
                                     const c10::optional<at::Tensor>& gate, const at::Tensor& rstd, int64_t batch,
-                                    int64_t group) {
-  check_modulated_rms_norm_args(x_normed, h, gate, weight, scale, scale, group);
+                                int64_t group, bool layer) {
+  check_modulated_norm_args(x_normed, h, gate, weight, scale, scale, group);
   TORCH_CHECK(dy.sizes() == x_normed.sizes() && dy.is_contiguous() && dy.scalar_type() == x_normed.scalar_type(),
-              "modulated_rms_norm backward: dy must be a contiguous ", x_normed.scalar_type(), " tensor of shape ",
+              "modulated_norm backward: dy must be a contiguous ", x_normed.scalar_type(), " tensor of shape ",
               x_normed.sizes());
   const int64_t rows = x_normed.size(0), dim = x_normed.size(1);
-  TORCH_CHECK(batch >= 1 && rows % batch == 0, "modulated_rms_norm backward: batch=", batch, " does not divide rows=", rows);
+  TORCH_CHECK(batch >= 1 && rows % batch == 0, "modulated_norm backward: batch=", batch, " does not divide rows=", rows);
   const int64_t tokens = rows / batch;
   const bool per_sample = group > 1;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tokens, (2 * at::get_num_threads() + batch - 1) / batch));
@@ -204,14 +221,14 @@ Tensors6 modulated_rms_norm_bwd_cpu(const at::Tensor& dy, const c10::optional<at
     if (gate) dgate = at::empty_like(scale);
   }
   auto fptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "modulated_rms_norm_bwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "modulated_norm_bwd_cpu", [&] {
     auto tptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     bwd_rows<scalar_t>(dy.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dx_sum), x_normed.data_ptr<scalar_t>(),
                        ptr_or_null<scalar_t>(h), ptr_or_null<scalar_t>(weight), scale.data_ptr<scalar_t>(),
                        ptr_or_null<scalar_t>(gate), rstd.data_ptr<float>(), dx.data_ptr<scalar_t>(),
                        h ? dres.data_ptr<scalar_t>() : nullptr, dw_part.data_ptr<float>(), fptr(dsh_part),
                        fptr(dsc_part), fptr(dg_part), tptr(dshift), tptr(dscale), tptr(dgate), batch, tokens,
-                       chunks, dim, group);
+                       chunks, dim, group, layer);
   });
   auto dtype = x_normed.scalar_type();
   auto dw = weight ? dw_part.sum(0).to(dtype) : empty();

@@ -1,4 +1,5 @@
-"""modulated_rms_norm vs its PyTorch reference, forward and backward, every backend that can run here.
+"""modulated_norm (RMSNorm and LayerNorm) vs its PyTorch reference, forward and backward, every backend that can
+run here; the LayerNorm reference itself against ``F.layer_norm``.
 
 Error rule (FlashAttention's tests): the kernel's error against an fp64 reference must be at most twice the
 error of plain PyTorch run in the same dtype, plus a small absolute slack, on the output and on every gradient.
@@ -6,9 +7,15 @@ error of plain PyTorch run in the same dtype, plus a small absolute slack, on th
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pairfree.kernels import dispatch
-from pairfree.kernels.modulated_rms_norm import modulated_rms_norm, modulated_rms_norm_reference
+from pairfree.kernels.modulated_norm import (
+    modulated_layer_norm,
+    modulated_norm,
+    modulated_norm_reference,
+    modulated_rms_norm,
+)
 
 SHAPES = [(2, 16, 64), (3, 7, 37), (5, 33)]  # a normal one, odd sizes, 2-D (B, D) input
 # (residual, gate, per_token, weight)
@@ -76,16 +83,18 @@ def _run(fn, inputs, dtype, cotangents, **kw):
     ]
 
 
+@pytest.mark.parametrize("kind", ["rms", "layer"])
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("device,backend,dtype", _backend_params())
-def test_matches_reference(device, backend, dtype, shape, mode):
+def test_matches_reference(device, backend, dtype, shape, mode, kind):
     inputs = _make_inputs(shape, mode, device)
+    inputs["x"] = inputs["x"] + 3.0  # an offset the LayerNorm must remove (and the RMSNorm keep)
     cotangents = [torch.randn(shape, device=device, dtype=torch.float64) for _ in range(2 if MODES[mode][0] else 1)]
 
-    exact, names = _run(modulated_rms_norm_reference, inputs, torch.float64, cotangents)
-    eager, _ = _run(modulated_rms_norm_reference, inputs, dtype, cotangents)
-    ours, _ = _run(modulated_rms_norm, inputs, dtype, cotangents, backend=backend)
+    exact, names = _run(modulated_norm_reference, inputs, torch.float64, cotangents, kind=kind)
+    eager, _ = _run(modulated_norm_reference, inputs, dtype, cotangents, kind=kind)
+    ours, _ = _run(modulated_norm, inputs, dtype, cotangents, kind=kind, backend=backend)
 
     for name, e, p, o in zip(names, exact, eager, ours):
         err_ours, err_eager = (o - e).abs().max().item(), (p - e).abs().max().item()
@@ -97,8 +106,26 @@ def test_matches_reference(device, backend, dtype, shape, mode):
         assert err_ours <= bound, f"{name}: error {err_ours:.3e} > bound {bound:.3e}"
 
 
+@pytest.mark.parametrize("residual_gate", [False, True])
+def test_layer_reference_is_torch_layer_norm(residual_gate):
+    """The LayerNorm reference against F.layer_norm (no affine) with the adaLN modulation written out."""
+    x, res = torch.randn(3, 10, 24, dtype=torch.float64) + 2, torch.randn(3, 10, 24, dtype=torch.float64)
+    shift, scale, gate = (torch.randn(3, 24, dtype=torch.float64) for _ in range(3))
+    s = res + gate[:, None] * x if residual_gate else x
+    expect = F.layer_norm(s, (24,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+    kw = dict(residual=res, gate=gate) if residual_gate else {}
+    got = modulated_norm_reference(x, None, shift, scale, 1e-6, kind="layer", **kw)
+    got = got[0] if residual_gate else got
+    torch.testing.assert_close(got, expect)
+    x, shift, scale = x.float(), shift.float(), scale.float()  # the kernels compute in fp32
+    kw = {k: v.float() for k, v in kw.items()}
+    ours = modulated_layer_norm(x, None, shift, scale, **kw)
+    torch.testing.assert_close(ours, modulated_norm_reference(x, None, shift, scale, kind="layer", **kw))
+
+
+@pytest.mark.parametrize("layer", [False, True])
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
-def test_opcheck(backend):
+def test_opcheck(backend, layer):
     """torch.library's own checks: schema, fake kernel, autograd registration, dispatch consistency."""
     if dispatch.live_backends("cpu")[backend] is not None:
         pytest.skip(dispatch.live_backends("cpu")[backend])
@@ -114,9 +141,10 @@ def test_opcheck(backend):
             torch.randn(r // group, d, requires_grad=True),
             group,
             1e-6,
+            layer,
             backend,
         )
-        torch.library.opcheck(torch.ops.pairfree.modulated_rms_norm_fwd.default, args)
+        torch.library.opcheck(torch.ops.pairfree.modulated_norm_fwd.default, args)
 
 
 def test_torch_compile_traces_fullgraph():
@@ -183,6 +211,11 @@ def test_mixed_modulation_modes_rejected():
     x = torch.randn(2, 3, 8)
     with pytest.raises(ValueError, match="all be per-sample"):
         modulated_rms_norm(x, None, torch.randn(2, 8), torch.randn(2, 3, 8))
+
+
+def test_unknown_kind_rejected():
+    with pytest.raises(ValueError, match="kind must be 'rms' or 'layer', got 'batch'"):
+        modulated_norm(torch.randn(2, 3, 8), None, torch.randn(2, 8), torch.randn(2, 8), kind="batch")
 
 
 def test_empty_batch():

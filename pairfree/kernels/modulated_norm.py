@@ -1,7 +1,8 @@
-"""adaLN-modulated RMSNorm, the DiT's hottest memory-bound op, with an optional fused residual add.
+"""adaLN-modulated RMSNorm and LayerNorm, the DiT's hottest memory-bound op, with an optional fused residual add.
 
     s = residual + gate * x            (only when ``residual`` is given; otherwise s = x)
-    y = s / sqrt(mean(s**2, -1) + eps) * weight * (1 + scale) + shift
+    rms:   y = s / sqrt(mean(s**2, -1) + eps) * weight * (1 + scale) + shift
+    layer: y = (s - mean(s)) / sqrt(var(s) + eps) * weight * (1 + scale) + shift     (SANA's norm, no affine)
 
 ``x``: ``(B, ..., D)``. ``shift``/``scale``/``gate``: ``(B, D)`` (per-sample, the usual adaLN-single
 modulation) or ``x.shape`` (per-token, e.g. a clean reference image's tokens at t=0 next to noisy ones).
@@ -33,7 +34,7 @@ except ImportError:  # pragma: no cover - macOS / no triton: the other backends 
 # --------------------------------------------------------------------------------------------------------
 
 
-def modulated_rms_norm_reference(
+def modulated_norm_reference(
     x: torch.Tensor,
     weight: torch.Tensor | None,
     shift: torch.Tensor,
@@ -41,9 +42,11 @@ def modulated_rms_norm_reference(
     eps: float = 1e-6,
     residual: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
+    kind: str = "rms",
 ):
     """Plain PyTorch, computed in the inputs' dtype: the ground truth every backend is tested against."""
     _check_inputs(x, weight, shift, scale, residual, gate)
+    _check_kind(kind)
 
     def per_token(m):
         return m if m is None or m.shape == x.shape else m.view(m.shape[0], *([1] * (x.dim() - 2)), m.shape[-1])
@@ -52,17 +55,23 @@ def modulated_rms_norm_reference(
     s = x
     if residual is not None:
         s = residual + (x if gate is None else gate * x)
-    y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
+    c = s - s.mean(-1, keepdim=True) if kind == "layer" else s
+    y = c * torch.rsqrt(c.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:
         y = y * weight
     y = y * (1 + scale) + shift
     return y if residual is None else (y, s)
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in ("rms", "layer"):
+        raise ValueError(f"modulated norm: kind must be 'rms' or 'layer', got {kind!r}")
+
+
 def _check_inputs(x, weight, shift, scale, residual, gate) -> bool:
     """Validate shapes with messages naming the argument; returns True for per-sample modulation."""
     if x.dim() < 2:
-        raise ValueError(f"modulated_rms_norm: x must have shape (B, ..., D), got {tuple(x.shape)}")
+        raise ValueError(f"modulated norm: x must have shape (B, ..., D), got {tuple(x.shape)}")
     b, d = x.shape[0], x.shape[-1]
     per_sample = (b, d)
     modes = set()
@@ -75,19 +84,19 @@ def _check_inputs(x, weight, shift, scale, residual, gate) -> bool:
             modes.add("sample")
         else:
             raise ValueError(
-                f"modulated_rms_norm: {name} has shape {tuple(m.shape)}; expected {per_sample} (per-sample) "
+                f"modulated norm: {name} has shape {tuple(m.shape)}; expected {per_sample} (per-sample) "
                 f"or {tuple(x.shape)} (per-token) for x of shape {tuple(x.shape)}"
             )
     if len(modes) > 1:
-        raise ValueError("modulated_rms_norm: shift, scale and gate must all be per-sample (B, D) or all per-token")
+        raise ValueError("modulated norm: shift, scale and gate must all be per-sample (B, D) or all per-token")
     if weight is not None and tuple(weight.shape) != (d,):
-        raise ValueError(f"modulated_rms_norm: weight has shape {tuple(weight.shape)}, expected ({d},)")
+        raise ValueError(f"modulated norm: weight has shape {tuple(weight.shape)}, expected ({d},)")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(
-            f"modulated_rms_norm: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)} (as x)"
+            f"modulated norm: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)} (as x)"
         )
     if gate is not None and residual is None:
-        raise ValueError("modulated_rms_norm: gate needs a residual (s = residual + gate * x)")
+        raise ValueError("modulated norm: gate needs a residual (s = residual + gate * x)")
     return modes == {"sample"} and x.dim() > 2
 
 
@@ -114,9 +123,11 @@ if triton is not None:
         HAS_RES: tl.constexpr,
         HAS_GATE: tl.constexpr,
         HAS_W: tl.constexpr,
+        LAYER: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        """One program per row: s = res + gate*x; y = s*rstd*w*(1+scale)+shift. X, Y, XSUM: (R, D)."""
+        """One program per row: s = res + gate*x; c = s (rms) or s - mean(s) (layer); y = c*rstd*w*(1+scale)+shift.
+        X, Y, XSUM: (R, D)."""
         row = tl.program_id(0).to(tl.int64)
         mrow = row // GROUP
         cols = tl.arange(0, BLOCK_D)
@@ -128,6 +139,8 @@ if triton is not None:
             s = (s + tl.load(RES + row * D + cols, mask=mask, other=0.0).to(tl.float32)).to(XSUM.dtype.element_ty)
             tl.store(XSUM + row * D + cols, s, mask=mask)
             s = s.to(tl.float32)  # normalise the stored (rounded) sum: backward sees the same values
+        if LAYER:
+            s = tl.where(mask, s - tl.sum(s, axis=0) / D, 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / D + eps)
         tl.store(RSTD + row, rstd)
         n = s * rstd
@@ -162,6 +175,7 @@ if triton is not None:
         HAS_GATE: tl.constexpr,
         HAS_W: tl.constexpr,
         PER_SAMPLE: tl.constexpr,
+        LAYER: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
         """Program (b, c) walks rows [b*TOKENS + c*CHUNK, ...) of sample b, accumulating dW (and, per-sample,
@@ -183,13 +197,19 @@ if triton is not None:
             mrow = row // GROUP
             o = row * D + cols
             rstd = tl.load(RSTD + row)
-            xhat = tl.load(XN + o, mask=mask, other=0.0).to(tl.float32) * rstd
+            xhat = tl.load(XN + o, mask=mask, other=0.0).to(tl.float32)
+            if LAYER:  # the mean is recomputed from s, not saved
+                xhat = tl.where(mask, xhat - tl.sum(xhat, axis=0) / D, 0.0)
+            xhat = xhat * rstd
             dy = tl.load(DY + o, mask=mask, other=0.0).to(tl.float32)
             scale = tl.load(SCALE + mrow * D + cols, mask=mask, other=0.0).to(tl.float32)
             g = dy * (1.0 + scale)
             acc_dw += g * xhat
             gx = g * w
-            ds = (gx - xhat * (tl.sum(gx * xhat, axis=0) / D)) * rstd
+            ds = gx - xhat * (tl.sum(gx * xhat, axis=0) / D)
+            if LAYER:
+                ds -= tl.sum(gx, axis=0) / D
+            ds = tl.where(mask, ds * rstd, 0.0)
             if HAS_DXSUM:
                 ds += tl.load(DXSUM + o, mask=mask, other=0.0).to(tl.float32)
             dg = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -224,7 +244,7 @@ def _num_warps(block_d: int) -> int:
     return min(16, max(1, block_d // 256))
 
 
-def triton_forward(x, residual, gate, weight, shift, scale, group: int, eps: float):
+def triton_forward(x, residual, gate, weight, shift, scale, group: int, eps: float, layer: bool):
     """Launch the Triton forward on 2-D inputs (see section 2). Returns ``(y, x_sum, rstd)``."""
     rows, d = x.shape
     block_d = triton.next_power_of_2(d)
@@ -248,6 +268,7 @@ def triton_forward(x, residual, gate, weight, shift, scale, group: int, eps: flo
             HAS_RES=residual is not None,
             HAS_GATE=gate is not None,
             HAS_W=weight is not None,
+            LAYER=layer,
             BLOCK_D=block_d,
             num_warps=_num_warps(block_d),
         )
@@ -260,7 +281,7 @@ def _row_chunks(batch: int, tokens: int, device: torch.device) -> int:
     return max(1, min(tokens, math.ceil(target / batch)))
 
 
-def triton_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch: int, group: int):
+def triton_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch: int, group: int, layer: bool):
     """Launch the Triton backward. Returns ``(dx, dresidual, dweight, dshift, dscale, dgate)``."""
     rows, d = x_normed.shape
     tokens = rows // batch
@@ -300,6 +321,7 @@ def triton_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch: i
             HAS_GATE=gate is not None,
             HAS_W=weight is not None,
             PER_SAMPLE=per_sample,
+            LAYER=layer,
             BLOCK_D=block_d,
             num_warps=_num_warps(block_d),
         )
@@ -319,7 +341,7 @@ def triton_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch: i
 # --------------------------------------------------------------------------------------------------------
 
 
-def _reference_2d(x, residual, gate, weight, shift, scale, group, eps):
+def _reference_2d(x, residual, gate, weight, shift, scale, group, eps, layer):
     """Reference forward on 2-D inputs in fp32, rounding ``s`` to the input dtype like the kernels do."""
     dtype, (rows, d) = x.dtype, x.shape
     f = lambda t: None if t is None else t.float()
@@ -327,31 +349,36 @@ def _reference_2d(x, residual, gate, weight, shift, scale, group, eps):
     s = as3(x)
     if residual is not None:
         s = (as3(residual) + (s if gate is None else f(gate)[:, None] * s)).to(dtype).float()
-    y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
+    c = s - s.mean(-1, keepdim=True) if layer else s
+    rstd = torch.rsqrt(c.pow(2).mean(-1) + eps)
+    y = c * rstd[..., None]
     if weight is not None:
         y = y * f(weight)
     y = y * (1 + f(scale)[:, None]) + f(shift)[:, None]
-    return y.reshape(rows, d).to(dtype), s.reshape(rows, d).to(dtype)
+    return y.reshape(rows, d).to(dtype), s.reshape(rows, d).to(dtype), rstd.reshape(rows)
 
 
-def reference_forward(x, residual, gate, weight, shift, scale, group: int, eps: float):
-    y, s = _reference_2d(x, residual, gate, weight, shift, scale, group, eps)
-    rstd = torch.rsqrt(s.float().pow(2).mean(-1) + eps)
+def reference_forward(x, residual, gate, weight, shift, scale, group: int, eps: float, layer: bool):
+    y, s, rstd = _reference_2d(x, residual, gate, weight, shift, scale, group, eps, layer)
     return y, (s if residual is not None else x.new_empty(0)), rstd
 
 
-def reference_backward(dy, dx_sum, x_normed, h, weight, scale, gate, eps: float, group: int):
+def reference_backward(dy, dx_sum, x_normed, h, weight, scale, gate, eps: float, group: int, layer: bool):
     """The analytic gradient in fp32 PyTorch (tests check it against autograd of the reference)."""
     rows, d = x_normed.shape
     dtype = dy.dtype
     empty = lambda: x_normed.new_empty(0)  # distinct tensors: op outputs must not alias
     as3 = lambda t: t.float().view(rows // group, group, d)
     s, g = as3(x_normed), as3(dy) * (1 + scale.float()[:, None])
-    rstd = torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
-    xhat = s * rstd
+    c = s - s.mean(-1, keepdim=True) if layer else s
+    rstd = torch.rsqrt(c.pow(2).mean(-1, keepdim=True) + eps)
+    xhat = c * rstd
     w = weight.float() if weight is not None else 1.0
     gx = g * w
-    ds = rstd * (gx - xhat * (gx * xhat).mean(-1, keepdim=True))
+    ds = gx - xhat * (gx * xhat).mean(-1, keepdim=True)
+    if layer:
+        ds = ds - gx.mean(-1, keepdim=True)
+    ds = rstd * ds
     dw = (g * xhat).sum((0, 1)).to(dtype) if weight is not None else empty()
     dshift = as3(dy).sum(1).to(dtype)
     dscale = (as3(dy) * xhat * w).sum(1).to(dtype)
@@ -371,12 +398,14 @@ def reference_backward(dy, dx_sum, x_normed, h, weight, scale, gate, eps: float,
 # --------------------------------------------------------------------------------------------------------
 
 
-def _ext_forward(x, residual, gate, weight, shift, scale, group, eps):
-    return dispatch.extension().modulated_rms_norm_fwd(x, residual, gate, weight, shift, scale, group, eps)
+def _ext_forward(x, residual, gate, weight, shift, scale, group, eps, layer):
+    return dispatch.extension().modulated_norm_fwd(x, residual, gate, weight, shift, scale, group, eps, layer)
 
 
-def _ext_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, eps, batch, group):
-    return dispatch.extension().modulated_rms_norm_bwd(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch, group)
+def _ext_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, eps, batch, group, layer):
+    return dispatch.extension().modulated_norm_bwd(
+        dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch, group, layer
+    )
 
 
 _FORWARD = {
@@ -386,11 +415,11 @@ _FORWARD = {
     "cuda": _ext_forward,
 }
 _BACKWARD = {
-    "reference": lambda dy, dxs, xn, h, w, sc, g, rstd, eps, batch, group: reference_backward(
-        dy, dxs, xn, h, w, sc, g, eps, group
+    "reference": lambda dy, dxs, xn, h, w, sc, g, rstd, eps, batch, group, layer: reference_backward(
+        dy, dxs, xn, h, w, sc, g, eps, group, layer
     ),
-    "triton": lambda dy, dxs, xn, h, w, sc, g, rstd, eps, batch, group: triton_backward(
-        dy, dxs, xn, h, w, sc, g, rstd, batch, group
+    "triton": lambda dy, dxs, xn, h, w, sc, g, rstd, eps, batch, group, layer: triton_backward(
+        dy, dxs, xn, h, w, sc, g, rstd, batch, group, layer
     ),
     "cpp": _ext_backward,
     "cuda": _ext_backward,
@@ -402,8 +431,8 @@ _BACKWARD = {
 # --------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("pairfree::modulated_rms_norm_fwd", mutates_args=())
-def modulated_rms_norm_fwd(
+@torch.library.custom_op("pairfree::modulated_norm_fwd", mutates_args=())
+def modulated_norm_fwd(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     gate: torch.Tensor | None,
@@ -412,21 +441,22 @@ def modulated_rms_norm_fwd(
     scale: torch.Tensor,
     group: int,
     eps: float,
+    layer: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """2-D forward ``(R, D)`` -> ``(y, s, rstd)``; ``s`` is empty without a residual."""
-    name = dispatch.select("modulated_rms_norm", x.device, backend)
-    return tuple(_FORWARD[name](x, residual, gate, weight, shift, scale, group, eps))
+    name = dispatch.select("modulated_norm", x.device, backend)
+    return tuple(_FORWARD[name](x, residual, gate, weight, shift, scale, group, eps, layer))
 
 
-@modulated_rms_norm_fwd.register_fake
-def _(x, residual, gate, weight, shift, scale, group, eps, backend):
+@modulated_norm_fwd.register_fake
+def _(x, residual, gate, weight, shift, scale, group, eps, layer, backend):
     s = torch.empty_like(x) if residual is not None else x.new_empty(0)
     return torch.empty_like(x), s, x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("pairfree::modulated_rms_norm_bwd", mutates_args=())
-def modulated_rms_norm_bwd(
+@torch.library.custom_op("pairfree::modulated_norm_bwd", mutates_args=())
+def modulated_norm_bwd(
     dy: torch.Tensor,
     dx_sum: torch.Tensor | None,
     x_normed: torch.Tensor,
@@ -437,18 +467,19 @@ def modulated_rms_norm_bwd(
     rstd: torch.Tensor,
     eps: float,
     group: int,
+    layer: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """2-D backward -> ``(dx, dresidual, dweight, dshift, dscale, dgate)``; absent inputs get empty grads."""
-    name = dispatch.select("modulated_rms_norm", dy.device, backend)
+    name = dispatch.select("modulated_norm", dy.device, backend)
     if x_normed.shape[0] == 0:
         name = "reference"  # nothing to launch; the reference gets the empty shapes right
     batch = x_normed.shape[0] // group if group > 1 else 1
-    return tuple(_BACKWARD[name](dy, dx_sum, x_normed, h, weight, scale, gate, rstd, eps, batch, group))
+    return tuple(_BACKWARD[name](dy, dx_sum, x_normed, h, weight, scale, gate, rstd, eps, batch, group, layer))
 
 
-@modulated_rms_norm_bwd.register_fake
-def _(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, eps, group, backend):
+@modulated_norm_bwd.register_fake
+def _(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, eps, group, layer, backend):
     empty = lambda: dy.new_empty(0)
     return (
         torch.empty_like(dy),
@@ -461,18 +492,18 @@ def _(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, eps, group, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    x, residual, gate, weight, shift, scale, group, eps, backend = inputs
+    x, residual, gate, weight, shift, scale, group, eps, layer, backend = inputs
     _, s, rstd = output
     has_residual = residual is not None
     ctx.save_for_backward(s if has_residual else x, x if has_residual else None, weight, scale, gate, rstd)
-    ctx.group, ctx.eps, ctx.backend, ctx.has_residual = group, eps, backend, has_residual
+    ctx.group, ctx.eps, ctx.layer, ctx.backend, ctx.has_residual = group, eps, layer, backend, has_residual
 
 
 def _backward(ctx, dy, ds, drstd):
     x_normed, h, weight, scale, gate, rstd = ctx.saved_tensors
     dx_sum = ds.contiguous() if ctx.has_residual and ds is not None else None
-    dx, dres, dw, dshift, dscale, dgate = modulated_rms_norm_bwd(
-        dy.contiguous(), dx_sum, x_normed, h, weight, scale, gate, rstd, ctx.eps, ctx.group, ctx.backend
+    dx, dres, dw, dshift, dscale, dgate = modulated_norm_bwd(
+        dy.contiguous(), dx_sum, x_normed, h, weight, scale, gate, rstd, ctx.eps, ctx.group, ctx.layer, ctx.backend
     )
     return (
         dx,
@@ -484,18 +515,19 @@ def _backward(ctx, dy, ds, drstd):
         None,
         None,
         None,
+        None,
     )
 
 
-modulated_rms_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+modulated_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------------
-# 6. Functional entry point
+# 6. Functional entry points
 # --------------------------------------------------------------------------------------------------------
 
 
-def modulated_rms_norm(
+def modulated_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None,
     shift: torch.Tensor,
@@ -503,19 +535,22 @@ def modulated_rms_norm(
     eps: float = 1e-6,
     residual: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
+    kind: str = "rms",
     backend: str = "auto",
 ):
-    """``rmsnorm(s) * weight * (1 + scale) + shift`` with ``s = residual + gate * x`` (or ``s = x``).
+    """``norm(s) * weight * (1 + scale) + shift`` with ``s = residual + gate * x`` (or ``s = x``) and ``norm``
+    RMSNorm (``kind="rms"``) or LayerNorm without affine (``kind="layer"``, SANA's).
 
-    Returns ``y`` (``x.shape``), or ``(y, s)`` when ``residual`` is given. Modulation and weight are cast to
-    ``x.dtype``. ``backend``: ``auto`` (see :mod:`pairfree.kernels.dispatch`), ``cuda``, ``triton``, ``cpp``,
-    ``reference``.
+    Returns ``y`` (``x.shape``), or ``(y, s)`` when ``residual`` is given: ``s`` continues as the residual
+    stream. Modulation and weight are cast to ``x.dtype``. ``backend``: ``auto`` (see
+    :mod:`pairfree.kernels.dispatch`), ``cuda``, ``triton``, ``cpp``, ``reference``.
     """
     per_sample = _check_inputs(x, weight, shift, scale, residual, gate)
+    _check_kind(kind)
     d = x.shape[-1]
     group = max(1, math.prod(x.shape[1:-1])) if per_sample else 1
     flat = lambda t: None if t is None else t.to(x.dtype).reshape(-1, d).contiguous()
-    y, s, _ = modulated_rms_norm_fwd(
+    y, s, _ = modulated_norm_fwd(
         flat(x),
         flat(residual),
         flat(gate),
@@ -524,7 +559,18 @@ def modulated_rms_norm(
         flat(scale),
         group,
         float(eps),
+        kind == "layer",
         backend,
     )
     y = y.view(x.shape)
     return y if residual is None else (y, s.view(x.shape))
+
+
+def modulated_rms_norm(x, weight, shift, scale, eps=1e-6, residual=None, gate=None, backend="auto"):
+    """:func:`modulated_norm` with RMSNorm."""
+    return modulated_norm(x, weight, shift, scale, eps, residual, gate, "rms", backend)
+
+
+def modulated_layer_norm(x, weight, shift, scale, eps=1e-6, residual=None, gate=None, backend="auto"):
+    """:func:`modulated_norm` with LayerNorm (no affine unless ``weight``): SANA's adaLN norm."""
+    return modulated_norm(x, weight, shift, scale, eps, residual, gate, "layer", backend)

@@ -1,6 +1,6 @@
 // ATen glue for the CUDA modulated RMSNorm kernels: checks, allocation, stream, partial-sum reduction.
-#include "../modulated_rms_norm.h"
-#include "modulated_rms_norm.h"
+#include "../modulated_norm.h"
+#include "modulated_norm.h"
 
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -26,44 +26,44 @@ at::Tensor value_or_undefined(const c10::optional<at::Tensor>& t) { return t ? *
 
 }  // namespace
 
-Tensors3 modulated_rms_norm_fwd_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
+Tensors3 modulated_norm_fwd_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
                                      const c10::optional<at::Tensor>& gate, const c10::optional<at::Tensor>& weight,
-                                     const at::Tensor& shift, const at::Tensor& scale, int64_t group, double eps) {
-  check_modulated_rms_norm_args(x, residual, gate, weight, shift, scale, group);
+                                     const at::Tensor& shift, const at::Tensor& scale, int64_t group, double eps, bool layer) {
+  check_modulated_norm_args(x, residual, gate, weight, shift, scale, group);
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.size(0), dim = x.size(1);
   auto y = at::empty_like(x);
   auto x_sum = residual ? at::empty_like(x) : at::empty({0}, x.options());
   auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "modulated_rms_norm_fwd_cuda", [&] {
-    auto err = cuda::modulated_rms_norm_fwd(cptr<scalar_t>(x), cptr<scalar_t>(value_or_undefined(residual)),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "modulated_norm_fwd_cuda", [&] {
+    auto err = cuda::modulated_norm_fwd(cptr<scalar_t>(x), cptr<scalar_t>(value_or_undefined(residual)),
                                             cptr<scalar_t>(value_or_undefined(gate)),
                                             cptr<scalar_t>(value_or_undefined(weight)), cptr<scalar_t>(shift),
                                             cptr<scalar_t>(scale), mptr<scalar_t>(y), mptr<scalar_t>(x_sum),
-                                            rstd.data_ptr<float>(), rows, dim, group, static_cast<float>(eps), stream);
-    TORCH_CHECK(err == cudaSuccess, "modulated_rms_norm_fwd_cuda: ", cudaGetErrorString(err));
+                                            rstd.data_ptr<float>(), rows, dim, group, static_cast<float>(eps), layer, stream);
+    TORCH_CHECK(err == cudaSuccess, "modulated_norm_fwd_cuda: ", cudaGetErrorString(err));
   });
   return {y, x_sum, rstd};
 }
 
-Tensors6 modulated_rms_norm_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& dx_sum,
+Tensors6 modulated_norm_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& dx_sum,
                                      const at::Tensor& x_normed, const c10::optional<at::Tensor>& h,
                                      const c10::optional<at::Tensor>& weight, const at::Tensor& scale,
                                      const c10::optional<at::Tensor>& gate, const at::Tensor& rstd, int64_t batch,
-                                     int64_t group) {
-  check_modulated_rms_norm_args(x_normed, h, gate, weight, scale, scale, group);
+                                     int64_t group, bool layer) {
+  check_modulated_norm_args(x_normed, h, gate, weight, scale, scale, group);
   TORCH_CHECK(dy.sizes() == x_normed.sizes() && dy.is_contiguous() && dy.scalar_type() == x_normed.scalar_type(),
-              "modulated_rms_norm backward: dy must be a contiguous ", x_normed.scalar_type(), " tensor of shape ",
+              "modulated_norm backward: dy must be a contiguous ", x_normed.scalar_type(), " tensor of shape ",
               x_normed.sizes());
   c10::cuda::CUDAGuard guard(dy.device());
   const int64_t rows = x_normed.size(0), dim = x_normed.size(1);
-  TORCH_CHECK(batch >= 1 && rows % batch == 0, "modulated_rms_norm backward: batch=", batch, " does not divide rows=", rows);
+  TORCH_CHECK(batch >= 1 && rows % batch == 0, "modulated_norm backward: batch=", batch, " does not divide rows=", rows);
   const int64_t tokens = rows / batch;
   const bool per_sample = group > 1;
   int sms = 0;
   TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dy.get_device()) == cudaSuccess,
-              "modulated_rms_norm_bwd_cuda: cannot query the SM count");
+              "modulated_norm_bwd_cuda: cannot query the SM count");
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(tokens, (4 * static_cast<int64_t>(sms) + batch - 1) / batch));
   const int64_t programs = batch * chunks;
   auto f32 = x_normed.options().dtype(at::kFloat);
@@ -83,14 +83,14 @@ Tensors6 modulated_rms_norm_bwd_cuda(const at::Tensor& dy, const c10::optional<a
   }
   auto vptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "modulated_rms_norm_bwd_cuda", [&] {
-    auto err = cuda::modulated_rms_norm_bwd(
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dy.scalar_type(), "modulated_norm_bwd_cuda", [&] {
+    auto err = cuda::modulated_norm_bwd(
         cptr<scalar_t>(dy), cptr<scalar_t>(value_or_undefined(dx_sum)), cptr<scalar_t>(x_normed),
         cptr<scalar_t>(value_or_undefined(h)), cptr<scalar_t>(value_or_undefined(weight)), cptr<scalar_t>(scale),
         cptr<scalar_t>(value_or_undefined(gate)), rstd.data_ptr<float>(), mptr<scalar_t>(dx), mptr<scalar_t>(dres),
         dw_part.data_ptr<float>(), vptr(dshift), vptr(dscale), vptr(dgate), batch, tokens, chunks, dim, group,
-        stream);
-    TORCH_CHECK(err == cudaSuccess, "modulated_rms_norm_bwd_cuda: ", cudaGetErrorString(err));
+        layer, stream);
+    TORCH_CHECK(err == cudaSuccess, "modulated_norm_bwd_cuda: ", cudaGetErrorString(err));
   });
   auto dtype = x_normed.scalar_type();
   auto dw = weight ? dw_part.sum(0).to(dtype) : empty();

@@ -1,5 +1,6 @@
-// Launchers of the CUDA modulated RMSNorm kernels. Plain C++ types only, so the .cu file compiles with
-// nvcc alone (no torch headers); ATen glue lives in modulated_rms_norm_glue.cpp.
+// Launchers of the CUDA modulated RMSNorm / LayerNorm kernels (layer: s - mean(s) is normalised; the mean is
+// recomputed from x_sum in backward, not saved). Plain C++ types only, so the .cu file compiles with
+// nvcc alone (no torch headers); ATen glue lives in modulated_norm_glue.cpp.
 //
 // Shapes (row-major, contiguous): rows R = B * N, row length D.
 //   x, y, x_sum, residual, dy, dx, dres  : (R, D)           element type T
@@ -18,16 +19,17 @@ namespace pairfree {
 namespace cuda {
 
 template <typename T>
-cudaError_t modulated_rms_norm_fwd(const T* x, const T* residual, const T* gate, const T* weight,
+cudaError_t modulated_norm_fwd(const T* x, const T* residual, const T* gate, const T* weight,
                                    const T* shift, const T* scale, T* y, T* x_sum, float* rstd,
-                                   int64_t rows, int64_t dim, int64_t group, float eps, cudaStream_t stream);
+                                   int64_t rows, int64_t dim, int64_t group, float eps, bool layer,
+                               cudaStream_t stream);
 
 template <typename T>
-cudaError_t modulated_rms_norm_bwd(const T* dy, const T* dx_sum, const T* x_normed, const T* h,
+cudaError_t modulated_norm_bwd(const T* dy, const T* dx_sum, const T* x_normed, const T* h,
                                    const T* weight, const T* scale, const T* gate, const float* rstd,
                                    T* dx, T* dres, float* dw_part, void* dshift, void* dscale, void* dgate,
                                    int64_t batch, int64_t tokens, int64_t chunks, int64_t dim, int64_t group,
-                                   cudaStream_t stream);
+                                   bool layer, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace pairfree
