@@ -461,3 +461,23 @@ def test_command_line_is_the_command_a_user_retypes(monkeypatch):
         assert command_line() == expected
     monkeypatch.setattr("pairfree.pretrain.common.CLI_ARGV", ["train", "--resume"])  # cli.main(argv) from Python
     assert command_line() == "pairfree train --resume"
+
+
+def test_teacher_training_t_mixes_shifts_per_sample():
+    """One shift: exactly shift_time(logit-normal). A list: each sample shifted by one of them, so the share of
+    high-noise t lies between the pure distributions' (closed form: P(shift_time(σ(u), s) > τ))."""
+    from pairfree.flow import logit_normal_t, shift_time
+    from pairfree.pretrain.teacher import training_t
+
+    n, tau = 40_000, 0.8
+    one = training_t(n, [6.0], torch.Generator().manual_seed(0))
+    torch.testing.assert_close(one, shift_time(logit_normal_t(n, generator=torch.Generator().manual_seed(0)), 6.0))
+
+    def share_above(s):  # t > τ  <=>  σ(u) > τ / (s − (s − 1)·τ), u ~ N(0, 1)
+        p = tau / (s - (s - 1) * tau)
+        return 1 - torch.distributions.Normal(0.0, 1.0).cdf(torch.logit(torch.tensor(p))).item()
+
+    mixed = training_t(n, [6.0, 6.0, 1.0], torch.Generator().manual_seed(1))
+    expect = (2 * share_above(6.0) + share_above(1.0)) / 3
+    assert abs((mixed > tau).float().mean().item() - expect) < 0.01
+    assert share_above(1.0) < expect < share_above(6.0)

@@ -55,6 +55,15 @@ def sample(
     return x.clamp(-1, 1)
 
 
+def training_t(n: int, shifts: list[float], generator: torch.Generator) -> torch.Tensor:
+    """``n`` training timesteps: logit-normal t shifted by one of ``shifts`` per sample, drawn uniformly
+    (one shift: every sample shifted by it, and no draw)."""
+    t = logit_normal_t(n, generator=generator)
+    if len(shifts) == 1:
+        return shift_time(t, shifts[0])
+    return shift_time(t, torch.tensor(shifts)[torch.randint(len(shifts), (n,), generator=generator)])
+
+
 def states_positions(scene, text: str) -> bool:
     """Whether caption ``text`` says where every object of ``scene`` is (only one caption template does)."""
     return all(f"at the {scene.position_name(o)}" in text for o in scene.objects)
@@ -202,7 +211,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     drop = cfg.model.get("caption_dropout", 0.1)
     # training t = shift_time(logit-normal, t_shift): the caption decides the image only at high noise (in this
     # world t ≳ 0.9, docs/experiments/lite-world.md), where a plain logit-normal draws 1.4 % of its samples
+    # A list of shifts mixes them: each sample draws one (repeat a value to weight it). The shapes are decided
+    # at low and mid t, which a large shift starves (the SDEdit probe in docs/experiments/lite-world.md).
     t_shift = cfg.model.get("t_shift", 1.0)
+    shifts = [float(v) for v in t_shift] if isinstance(t_shift, list) else [float(t_shift)]
     on_device = cfg.model.get("render_on_device", False)  # draw the images where the model trains (a GPU)
 
     def batch(step):
@@ -214,7 +226,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         b = {
             "captions": caps,
             "noise": torch.randn(shape, generator=g),
-            "t": shift_time(logit_normal_t(len(js), generator=g), t_shift),
+            "t": training_t(len(js), shifts, g),
         }
         if on_device:
             return {**b, "scenes": [sc for sc, _ in examples]}
