@@ -106,7 +106,9 @@ class DeepSpeedStrategy(Strategy):
     def device(self):
         return self._device
 
-    def optimized(self, name, module, lr, betas, weight_decay, grad_clip) -> Optimized:
+    own_precision = True  # the engines' bf16 (distributed.bf16), not mixed_precision
+
+    def optimized(self, name, module, lr, betas, weight_decay, grad_clip, scaler=None) -> Optimized:
         return EngineOptimized(self.engines[name], module, betas, weight_decay)
 
     def all_true(self, flag: bool) -> bool:

@@ -14,10 +14,11 @@ import torch
 
 
 class Optimized:
-    """A trained module with its AdamW optimizer: ``backward``, ``clip_and_norm``, ``step`` or ``skip``."""
+    """A trained module with its AdamW optimizer: ``backward``, ``clip_and_norm``, ``step`` or ``skip``; with a
+    ``scaler`` (fp16), the loss is scaled and the gradients unscaled before clipping."""
 
-    def __init__(self, module: torch.nn.Module, lr: float, betas, weight_decay: float, grad_clip: float):
-        self.module, self.grad_clip = module, grad_clip
+    def __init__(self, module: torch.nn.Module, lr: float, betas, weight_decay: float, grad_clip: float, scaler=None):
+        self.module, self.grad_clip, self.scaler = module, grad_clip, scaler
         self.betas, self.weight_decay = tuple(betas), weight_decay
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, betas=self.betas, weight_decay=weight_decay)
@@ -38,25 +39,39 @@ class Optimized:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def clip_and_norm(self) -> float:
         """Global gradient norm before clipping (clipped in place to ``grad_clip``; 0: no clipping)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         return float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf")))
 
     def step(self) -> None:
-        self.opt.step()
+        if self.scaler is None:
+            self.opt.step()
+        else:
+            self.scaler.step(self.opt)
+            self.scaler.update()
 
     def skip(self, after_backward: bool = True) -> None:
-        """Drop this update: gradients discarded, parameters and optimizer state untouched."""
+        """Drop this update: gradients discarded, parameters and optimizer state untouched (an fp16 scaler
+        that saw an overflow lowers its scale)."""
+        if self.scaler is not None and after_backward:
+            self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "optimizer": self.opt.state_dict()}
+        state = {"module": self.module.state_dict(), "optimizer": self.opt.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.opt.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.keep_config_hyperparameters()
 
 
@@ -65,6 +80,7 @@ class Strategy:
 
     rank, world_size = 0, 1
     gathers_parameters = False  # True under ZeRO-3: a module's parameters are partitioned between ranks
+    own_precision = False  # True when the engines set the precision themselves (DeepSpeed's bf16)
 
     @property
     def is_main(self) -> bool:
@@ -75,9 +91,11 @@ class Strategy:
         """Where this rank's models live (None: wherever the caller put them)."""
         return None
 
-    def optimized(self, name: str, module, lr: float, betas, weight_decay: float, grad_clip: float) -> Optimized:
-        """The trained model ``name`` with its optimizer."""
-        return Optimized(module, lr, betas, weight_decay, grad_clip)
+    def optimized(
+        self, name: str, module, lr: float, betas, weight_decay: float, grad_clip: float, scaler=None
+    ) -> Optimized:
+        """The trained model ``name`` with its optimizer (and, for fp16, its loss scaler)."""
+        return Optimized(module, lr, betas, weight_decay, grad_clip, scaler)
 
     def all_true(self, flag: bool) -> bool:
         """Whether ``flag`` holds on every rank."""

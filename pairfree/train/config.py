@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pairfree.device import check_device_name
+from pairfree.engine.precision import check_mode as check_precision
 from pairfree.world.edits import DEFAULT_MIX
 
 
@@ -159,9 +160,15 @@ class TrainConfig:
     tensorboard: bool = False
     device: str = "auto"  # single process: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N"
     prefetch: int = 0  # batches built ahead on background threads (0: in the step); a GPU outruns the renderer
+    # single process: bf16 | fp16 (loss scaling) | no (fp32) autocast with fp32 master weights, the frozen teacher
+    # and judge in that dtype; auto: bf16 on a GPU, fp32 on a CPU. Under deepspeed: distributed.bf16 instead
+    mixed_precision: str | bool = "auto"
 
     def __post_init__(self):
         check_device_name(self.device)
+        if self.mixed_precision is False:  # YAML reads an unquoted `no` as false
+            self.mixed_precision = "no"
+        check_precision(self.mixed_precision)
         if self.prefetch < 0:
             raise ValueError(f"prefetch: expected ≥ 0 batches built ahead, got {self.prefetch}")
         if self.distributed.frozen not in ("replicate", "zero3"):

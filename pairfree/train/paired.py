@@ -39,14 +39,15 @@ class PairedTrainer(EditorTrainer):
         edits = [self.data.example(self.data.global_index(j))[0] for j in range(step * b, (step + 1) * b)]
         source = self.encode(self.data.render([e.source for e in edits]))
         target = self.encode(self.data.render([e.target for e in edits]))
-        loss = flow_loss(
-            self.gen.module,
-            target,
-            [e.instruction for e in edits],
-            self.generators(step),
-            reference=source,
-            t_values=few_step_schedule(self.cfg.sampler.steps, self.cfg.sampler.shift),
-        )
+        with self.autocast():
+            loss = flow_loss(
+                self.gen.module,
+                target,
+                [e.instruction for e in edits],
+                self.generators(step),
+                reference=source,
+                t_values=few_step_schedule(self.cfg.sampler.steps, self.cfg.sampler.shift),
+            )
         return self.update(loss, {"paired": loss.item()})
 
 

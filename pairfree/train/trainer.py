@@ -33,6 +33,7 @@ import torch
 from pairfree.config import to_dict
 from pairfree.data.dataset import JsonlEditorDataset
 from pairfree.edit import EditPipeline, edit_images
+from pairfree.engine import precision
 from pairfree.engine.loop import run_steps
 from pairfree.engine.runlog import RunLog
 from pairfree.engine.state import atomic_save, ema_update
@@ -91,14 +92,23 @@ class EditorTrainer:
         self.cfg, self.m = cfg, models
         self.strategy = strategy = strategy or Strategy()
         self.rank, self.world_size, self.is_main = strategy.rank, strategy.world_size, strategy.is_main
+        self.device = next(models.generator.parameters()).device
+        # mixed precision (one process): autocast in the run's dtype, fp32 master weights, frozen models cast
+        self.precision = "no" if strategy.own_precision else precision.resolve(cfg.mixed_precision, self.device)
+        if self.precision != "no":
+            models.teacher.to(precision.DTYPES[self.precision])
+            models.judge.to(precision.DTYPES[self.precision])
+        scaler = lambda: precision.grad_scaler(self.precision, self.device)
         oc = cfg.optim
-        self.gen = strategy.optimized("generator", models.generator, oc.lr, oc.betas, oc.weight_decay, oc.grad_clip)
+        self.gen = strategy.optimized(
+            "generator", models.generator, oc.lr, oc.betas, oc.weight_decay, oc.grad_clip, scaler()
+        )
         self.critic = None  # DMD with the delta score has no critic
         if cfg.loss.uses_critic:
             if models.critic is None:
                 raise ValueError("loss.dmd_fake = 'critic' needs a critic: load_models(..., critic=True)")
             self.critic = strategy.optimized(
-                "critic", models.critic, oc.critic_lr, oc.betas, oc.weight_decay, oc.grad_clip
+                "critic", models.critic, oc.critic_lr, oc.betas, oc.weight_decay, oc.grad_clip, scaler()
             )
         self.trained = {"gen": self.gen, **({"critic": self.critic} if self.critic else {})}
         self.ema = ema
@@ -108,7 +118,6 @@ class EditorTrainer:
         self.data = editor_data(cfg, self.rank, self.world_size, self.spec)
         self._items = Prefetch(self._build_batch, cfg.prefetch) if cfg.prefetch else self._build_batch
         self.schedule = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
-        self.device = next(models.generator.parameters()).device
         self.step, self.skipped, self.wall = 0, 0, 0.0
         self.out = Path(cfg.out)
 
@@ -121,6 +130,10 @@ class EditorTrainer:
         b = self.cfg.batch
         return self.data.__getitems__(list(range(step * b, (step + 1) * b)))
 
+    def autocast(self):
+        """The context every forward pass and loss runs in: autocast in the run's dtype (``mixed_precision``)."""
+        return precision.autocast(self.precision, self.device)
+
     def generators(self, step: int) -> list[torch.Generator]:
         """One generator per sample of this rank's batch, seeded by (seed, step, global sample index)."""
         b = self.cfg.batch
@@ -132,13 +145,15 @@ class EditorTrainer:
         """Reference-copy warm-up: the flow loss toward x0 = the reference itself, given the instruction."""
         items, gens = self.batch(step), self.generators(step)
         ref = self.encode(torch.stack([it["image"] for it in items]))
-        loss = flow_loss(self.gen.module, ref, [it["instruction"] for it in items], gens, reference=ref)
+        with self.autocast():
+            loss = flow_loss(self.gen.module, ref, [it["instruction"] for it in items], gens, reference=ref)
         return self.update(loss, {"copy": loss.item()})
 
     # ----------------------------------------------------------------------------- stage 1: editing ---
     def edit_step(self, step: int) -> dict:
         """One pair-free update: the generator's loss and update, then N_aux critic updates."""
-        loss, logs = self.generator_loss(step)
+        with self.autocast():
+            loss, logs = self.generator_loss(step)
         logs = self.update(loss, logs)
         if self.critic is not None:
             logs.update(self.critic_step(step))
@@ -240,8 +255,10 @@ class EditorTrainer:
             items = self.data.__getitems__(list(range(j0, j0 + b)))
             gens = [seeded(cfg.seed, "train", self.data.global_index(j), self.device) for j in range(j0, j0 + b)]
             k = self.random_k("train", -1 - CRITIC_STREAM - step * cfg.optim.critic_updates - i)  # same on every rank
-            x0, _ = self.sample(items, [it["instruction"] for it in items], gens, k, grad=False)
-            c_loss = flow_loss(self.critic.module, x0, [it["edited_caption"] for it in items], gens, t_range=t_range)
+            with self.autocast():
+                x0, _ = self.sample(items, [it["instruction"] for it in items], gens, k, grad=False)
+                captions = [it["edited_caption"] for it in items]
+                c_loss = flow_loss(self.critic.module, x0.float(), captions, gens, t_range=t_range)
             self.critic.backward(c_loss)
             self.critic.clip_and_norm()
             self.critic.step()

@@ -337,3 +337,46 @@ def test_prefetched_batches_train_identically(tiny_models, tmp_path):
     assert len(rows[2]) == 5 and rows[2] == rows[0]
     with pytest.raises(ValueError, match="prefetch: expected ≥ 0"):
         load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(tiny_models, tmp_path, prefetch=-1))
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_mixed_precision_matches_fp32_and_resumes_identically(tiny_models, tmp_path, mode):
+    """Autocast (CPU: bf16, or fp16 with its loss scaler) gives the fp32 run's losses within the dtype's
+    tolerance, keeps fp32 master weights, casts the frozen teacher and judge, and resumes bit for bit."""
+    full32 = _trainer(tiny_models, tmp_path / "fp32", mixed_precision="no")
+    full32.train()
+    full = _trainer(tiny_models, tmp_path / "a", mixed_precision=mode)
+    assert full.precision == mode and full.device.type == "cpu"
+    full.train()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    assert next(full.m.teacher.parameters()).dtype == dtype and next(full.m.judge.parameters()).dtype == dtype
+    assert all(p.dtype == torch.float32 for p in full.gen.module.parameters())
+    a32, a = _metrics(tmp_path / "fp32"), _metrics(tmp_path / "a")
+    for r32, r in zip(a32, a):
+        for key in ("copy", "dmd", "critic", "nothing"):
+            if key in r32:
+                assert r[key] == pytest.approx(r32[key], rel=0.1, abs=0.02), (key, r32, r)
+    assert [r["copy"] for r in a[:2]] != [r["copy"] for r in a32[:2]]  # autocast ran: not the fp32 numbers
+
+    crashed = _trainer(tiny_models, tmp_path / "b", mixed_precision=mode)
+    real = crashed.edit_step
+
+    def edit_step(step):
+        if step == 3:
+            raise _Crash
+        return real(step)
+
+    crashed.edit_step = edit_step
+    with pytest.raises(_Crash):
+        crashed.train()
+    resumed = _trainer(tiny_models, tmp_path / "b", mixed_precision=mode)
+    resumed.train(resume=True)
+    assert _metrics(tmp_path / "b") == a
+    for p, q in zip(full.gen.module.parameters(), resumed.gen.module.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_mixed_precision_auto_is_fp32_on_a_cpu_and_bad_values_are_refused(tiny_models, tmp_path):
+    assert _trainer(tiny_models, tmp_path).precision == "no"
+    with pytest.raises(ValueError, match="mixed_precision: expected one of auto, bf16, fp16, no, got 'fp8'"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", ["mixed_precision=fp8"])
