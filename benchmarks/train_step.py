@@ -7,6 +7,8 @@ updates, optimizer steps) at paper widths with random weights — naive vs pairf
   computes and throws away).
 * pairfree: the dispatched kernels (Triton / CUDA on GPU), the judge's attention through pairfree's kernel,
   checkpointed unroll, input-only gradients through the frozen judge.
+* pairfree+bf16: the same with ``mixed_precision: bf16`` (autocast, fp32 master weights, the frozen teacher and
+  judge cast to bf16 — in place, so this variant runs last).
 
 Sizes: SANA-1.6B DiT widths (2240, 32-channel latents, 300×2304 text) with ``--layers`` blocks; Qwen2.5-VL-7B
 widths with ``--judge-layers`` language and ``--vision-layers`` vision blocks; DC-AE f32c32 at full size; 512²
@@ -136,8 +138,9 @@ def trainer_for(args, models, k: int, variant: str, out: str):
     from pairfree.train.trainer import EditorTrainer
 
     cfg = TrainConfig(out=out, batch=args.batch, copy_steps=0, steps=10**6)
+    cfg.mixed_precision = "bf16" if variant.endswith("+bf16") else "no"
     cfg.models.resolution = 64 if args.quick else 512
-    cfg.sampler.steps, cfg.sampler.random_k, cfg.sampler.checkpoint = k, False, variant == "pairfree"
+    cfg.sampler.steps, cfg.sampler.random_k, cfg.sampler.checkpoint = k, False, variant != "naive"
     cfg.loss.do_nothing_prob, cfg.loss.temperature_steps = 0.0, 0
     cfg.optim.ema, cfg.optim.critic_updates = 0.0, args.critic_updates
     cfg.optim.skip_grad_norm = float("inf")  # a random-weight step must update (never skip) to be timed
@@ -175,7 +178,7 @@ def main(argv=None):
     models = build_models(args, device, dtype)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in ("naive", "pairfree"):
+        for variant in ("naive", "pairfree", "pairfree+bf16"):
             set_variant(models, variant)
             for k in (int(x) for x in args.ks.split(",")):
                 state = {"step": 0, "trainer": trainer_for(args, models, k, variant, tmp)}
