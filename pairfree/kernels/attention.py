@@ -21,12 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pairfree.kernels import dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from pairfree.kernels.triton_support import next_power_of_2, tl, triton
 
 # --------------------------------------------------------------------------------------------------------
 # 1. Reference
@@ -398,7 +393,7 @@ class _Layout:
 def _blocks(d: int, interpret: bool, kernel: str) -> dict:
     """Tile sizes per kernel (the Triton tutorial's FlashAttention-2 choices; retune on GPU with
     benchmarks/attention.py). The interpreter gets small tiles so CPU tests stay fast."""
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, next_power_of_2(d))
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1)
     small = block_d <= 64
@@ -565,20 +560,69 @@ def triton_backward(do, q, k, v, o, lse, causal, softmax_scale, cu_q=None, cu_k=
     return dq, dk, dv
 
 
-class _TritonAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, mask, causal, softmax_scale, cu_q, cu_k, max_q, max_k):
-        o, lse = triton_forward(q, k, v, causal, softmax_scale, cu_q, cu_k, max_q, max_k, mask)
-        ctx.save_for_backward(q, k, v, o, lse, mask, cu_q, cu_k)
-        ctx.args = (causal, softmax_scale, max_q, max_k)
-        return o
+@torch.library.custom_op("pairfree::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    softmax_scale: float | None,
+    cu_q: torch.Tensor | None,
+    cu_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton forward -> ``(out, log-sum-exp)`` (the only per-row state backward keeps)."""
+    return triton_forward(q, k, v, causal, softmax_scale, cu_q, cu_k, max_q, max_k, mask)
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse, mask, cu_q, cu_k = ctx.saved_tensors
-        causal, softmax_scale, max_q, max_k = ctx.args
-        dq, dk, dv = triton_backward(do, q, k, v, o, lse, causal, softmax_scale, cu_q, cu_k, max_q, max_k, mask)
-        return dq, dk, dv, None, None, None, None, None, None, None
+
+@attention_fwd.register_fake
+def _(q, k, v, mask, causal, softmax_scale, cu_q, cu_k, max_q, max_k):
+    if cu_q is not None:  # varlen: lse (H, total_q)
+        return torch.empty_like(q), q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("pairfree::attention_bwd", mutates_args=())
+def attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    softmax_scale: float | None,
+    cu_q: torch.Tensor | None,
+    cu_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward -> ``(dq, dk, dv)``, the probabilities recomputed block by block."""
+    return triton_backward(do, q, k, v, o, lse, causal, softmax_scale, cu_q, cu_k, max_q, max_k, mask)
+
+
+@attention_bwd.register_fake
+def _(do, q, k, v, o, lse, mask, causal, softmax_scale, cu_q, cu_k, max_q, max_k):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, causal, softmax_scale, cu_q, cu_k, max_q, max_k = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], mask, cu_q, cu_k)
+    ctx.args = (causal, softmax_scale, max_q, max_k)
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, mask, cu_q, cu_k = ctx.saved_tensors
+    causal, softmax_scale, max_q, max_k = ctx.args
+    dq, dk, dv = attention_bwd(do, q, k, v, o, lse, mask, causal, softmax_scale, cu_q, cu_k, max_q, max_k)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -647,7 +691,7 @@ def attention(
         return out if mask is None else out.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # fully masked rows -> 0
     mask = None if key_padding_mask is None else key_padding_mask.to(torch.uint8).contiguous()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return _TritonAttention.apply(q, k, v, mask, causal, softmax_scale, None, None, 0, 0)
+    return attention_fwd(q, k, v, mask, causal, softmax_scale, None, None, 0, 0)[0]
 
 
 def varlen_attention(
@@ -670,9 +714,7 @@ def varlen_attention(
         return varlen_attention_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     cu_q, cu_k = cu_seqlens_q.to(torch.int32).contiguous(), cu_seqlens_k.to(torch.int32).contiguous()
-    return _TritonAttention.apply(
-        q, k, v, None, causal, softmax_scale, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k)
-    )
+    return attention_fwd(q, k, v, None, causal, softmax_scale, cu_q, cu_k, int(max_seqlen_q), int(max_seqlen_k))[0]
 
 
 def attention_flops(batch: int, heads: int, nq: int, nk: int, d: int, causal: bool, mode: str) -> float:

@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pairfree.kernels import dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from pairfree.kernels.triton_support import elementwise_block, tl, triton
 
 _FMAX = 3.4028234663852886e38
 
@@ -80,37 +75,58 @@ if triton is not None:
         tl.store(DX + base + offs, (g * c).to(DX.dtype.element_ty), mask=m)
 
 
-def _block(n: int) -> int:
-    return 64 if dispatch.triton_interpreter() else min(4096, triton.next_power_of_2(max(n, 16)))
+@torch.library.custom_op("pairfree::dmd_loss_fwd", mutates_args=())
+def dmd_loss_fwd(
+    x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, N)`` inputs -> per-sample ``(loss, norm)`` in fp32 (``norm`` is saved for backward)."""
+    if backend == "cpp":
+        loss, norm = dispatch.extension().dmd_loss_fwd(x, real, fake)
+        return loss, norm
+    b, n = x.shape
+    loss = torch.empty(b, device=x.device, dtype=torch.float32)
+    norm = torch.empty_like(loss)
+    _fwd_kernel[(b,)](x, real, fake, loss, norm, n, BLOCK=elementwise_block(n))
+    return loss, norm
 
 
-class _DMDLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, real, fake, backend):
-        b, n = x.shape[0], x[0].numel()
-        x2, r2, f2 = (t.reshape(b, n).contiguous() for t in (x, real, fake))
-        if backend == "cpp":
-            loss, norm = dispatch.extension().dmd_loss_fwd(x2, r2, f2)
-        else:
-            loss = torch.empty(b, device=x.device, dtype=torch.float32)
-            norm = torch.empty_like(loss)
-            _fwd_kernel[(b,)](x2, r2, f2, loss, norm, n, BLOCK=_block(n))
-        ctx.save_for_backward(r2, f2, norm)
-        ctx.meta = (backend, x.shape, x.dtype)
-        return loss
+@dmd_loss_fwd.register_fake
+def _(x, real, fake, backend):
+    loss = x.new_empty(x.shape[0], dtype=torch.float32)
+    return loss, torch.empty_like(loss)
 
-    @staticmethod
-    def backward(ctx, dloss):
-        r2, f2, norm = ctx.saved_tensors
-        backend, shape, dtype = ctx.meta
-        b, n = r2.shape
-        if backend == "cpp":
-            dx = dispatch.extension().dmd_loss_bwd(dloss.contiguous(), r2, f2, norm, dtype)
-        else:
-            dx = torch.empty(b, n, device=r2.device, dtype=dtype)
-            block = _block(n)
-            _bwd_kernel[(b, triton.cdiv(n, block))](dloss.contiguous(), r2, f2, norm, dx, n, BLOCK=block)
-        return dx.view(shape), None, None, None
+
+@torch.library.custom_op("pairfree::dmd_loss_bwd", mutates_args=())
+def dmd_loss_bwd(
+    dloss: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, norm: torch.Tensor, backend: str
+) -> torch.Tensor:
+    """``dx`` (the dtype of ``real``, which is ``x``'s) from the per-sample loss gradient."""
+    if backend == "cpp":
+        return dispatch.extension().dmd_loss_bwd(dloss, real, fake, norm, real.dtype)
+    b, n = real.shape
+    dx = torch.empty_like(real)
+    block = elementwise_block(n)
+    _bwd_kernel[(b, triton.cdiv(n, block))](dloss, real, fake, norm, dx, n, BLOCK=block)
+    return dx
+
+
+@dmd_loss_bwd.register_fake
+def _(dloss, real, fake, norm, backend):
+    return torch.empty_like(real)
+
+
+def _setup_context(ctx, inputs, output):
+    _, real, fake, backend = inputs
+    ctx.save_for_backward(real, fake, output[1])
+    ctx.backend = backend
+
+
+def _backward(ctx, dloss, dnorm):
+    real, fake, norm = ctx.saved_tensors
+    return dmd_loss_bwd(dloss.contiguous(), real, fake, norm, ctx.backend), None, None, None
+
+
+dmd_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def dmd_loss(x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -124,4 +140,6 @@ def dmd_loss(x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, backend: s
     if backend == "reference" or x.dtype == torch.float64 and backend == "triton":
         return dmd_loss_reference(x, real, fake)
     real, fake = real.detach().to(x.dtype), fake.detach().to(x.dtype)
-    return _DMDLoss.apply(x, real, fake, backend)
+    b = x.shape[0]
+    flat = lambda z: z.reshape(b, -1).contiguous()
+    return dmd_loss_fwd(flat(x), flat(real), flat(fake), backend)[0]

@@ -12,12 +12,7 @@ from __future__ import annotations
 import torch
 
 from pairfree.kernels import dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from pairfree.kernels.triton_support import elementwise_block, tl, triton
 
 
 def flow_step_reference(x_t, v, eps, t, t_next):
@@ -58,44 +53,60 @@ if triton is not None:
         tl.store(DE + offs, (tn * dn).to(DE.dtype.element_ty), mask=m)
 
 
-def _block() -> int:
-    return 256 if dispatch.triton_interpreter() else 2048
+@torch.library.custom_op("pairfree::flow_step_fwd", mutates_args=())
+def flow_step_fwd(
+    x_t: torch.Tensor, v: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, N)`` inputs, fp32 ``t``/``t_next`` ``(B,)`` -> ``(x̂0, x_next)`` (the C++ or Triton kernel)."""
+    if backend == "cpp":
+        x0, xn = dispatch.extension().flow_step_fwd(x_t, v, eps, t, t_next)
+        return x0, xn
+    x0, xn = torch.empty_like(x_t), torch.empty_like(x_t)
+    b, n = x_t.shape
+    block = elementwise_block()
+    _fwd_kernel[(triton.cdiv(b * n, block),)](x_t, v, eps, t, t_next, x0, xn, n, b * n, BLOCK=block)
+    return x0, xn
 
 
-class _FlowStep(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x_t, v, eps, t, t_next, backend):
-        b, n = x_t.shape[0], x_t[0].numel()
-        x2, v2, e2 = (z.reshape(b, n).contiguous() for z in (x_t, v, eps))
-        tf, tnf = t.float().contiguous(), t_next.float().contiguous()
-        if backend == "cpp":
-            x0, xn = dispatch.extension().flow_step_fwd(x2, v2, e2, tf, tnf)
-        else:
-            x0, xn = torch.empty_like(x2), torch.empty_like(x2)
-            _fwd_kernel[(triton.cdiv(b * n, _block()),)](x2, v2, e2, tf, tnf, x0, xn, n, b * n, BLOCK=_block())
-        ctx.save_for_backward(tf, tnf)
-        ctx.meta = (backend, x_t.shape)
-        return x0.view(x_t.shape), xn.view(x_t.shape)
+@flow_step_fwd.register_fake
+def _(x_t, v, eps, t, t_next, backend):
+    return torch.empty_like(x_t), torch.empty_like(x_t)
 
-    @staticmethod
-    def backward(ctx, dx0, dxn):
-        tf, tnf = ctx.saved_tensors
-        backend, shape = ctx.meta
-        b = shape[0]
-        ref = dx0 if dx0 is not None else dxn
-        dx0 = torch.zeros_like(ref) if dx0 is None else dx0
-        dxn = torch.zeros_like(ref) if dxn is None else dxn
-        d0, dn = dx0.reshape(b, -1).contiguous(), dxn.reshape(b, -1).contiguous()
-        if backend == "cpp":
-            dxt, dv, de = dispatch.extension().flow_step_bwd(d0, dn, tf, tnf, ctx.needs_input_grad[2])
-            de = de if ctx.needs_input_grad[2] else None
-        else:
-            dxt, dv, de = torch.empty_like(d0), torch.empty_like(d0), torch.empty_like(d0)
-            total = d0.numel()
-            _bwd_kernel[(triton.cdiv(total, _block()),)](
-                d0, dn, tf, tnf, dxt, dv, de, d0.shape[1], total, BLOCK=_block()
-            )
-        return dxt.view(shape), dv.view(shape), None if de is None else de.view(shape), None, None, None
+
+@torch.library.custom_op("pairfree::flow_step_bwd", mutates_args=())
+def flow_step_bwd(
+    dx0: torch.Tensor, dxn: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx_t, dv, dε)`` from the gradients of ``(x̂0, x_next)``."""
+    if backend == "cpp":
+        dxt, dv, de = dispatch.extension().flow_step_bwd(dx0, dxn, t, t_next, True)
+        return dxt, dv, de
+    dxt, dv, de = torch.empty_like(dx0), torch.empty_like(dx0), torch.empty_like(dx0)
+    total, block = dx0.numel(), elementwise_block()
+    _bwd_kernel[(triton.cdiv(total, block),)](dx0, dxn, t, t_next, dxt, dv, de, dx0.shape[1], total, BLOCK=block)
+    return dxt, dv, de
+
+
+@flow_step_bwd.register_fake
+def _(dx0, dxn, t, t_next, backend):
+    return torch.empty_like(dx0), torch.empty_like(dx0), torch.empty_like(dx0)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[3], inputs[4])
+    ctx.backend = inputs[5]
+
+
+def _backward(ctx, dx0, dxn):
+    t, t_next = ctx.saved_tensors
+    ref = dx0 if dx0 is not None else dxn
+    dx0 = torch.zeros_like(ref) if dx0 is None else dx0.contiguous()
+    dxn = torch.zeros_like(ref) if dxn is None else dxn.contiguous()
+    dxt, dv, de = flow_step_bwd(dx0, dxn, t, t_next, ctx.backend)
+    return dxt, dv, de, None, None, None
+
+
+flow_step_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def flow_step(x_t, v, eps, t, t_next, backend: str = "auto"):
@@ -111,4 +122,7 @@ def flow_step(x_t, v, eps, t, t_next, backend: str = "auto"):
     backend = dispatch.select("flow_step", x_t.device, backend)
     if backend == "reference" or x_t.dtype == torch.float64 and backend == "triton":
         return flow_step_reference(x_t, v, eps, t, t_next)
-    return _FlowStep.apply(x_t, v.to(x_t.dtype), eps.to(x_t.dtype), t, t_next, backend)
+    b = x_t.shape[0]
+    flat = lambda z: z.to(x_t.dtype).reshape(b, -1).contiguous()
+    x0, xn = flow_step_fwd(flat(x_t), flat(v), flat(eps), t.float().contiguous(), t_next.float().contiguous(), backend)
+    return x0.view(x_t.shape), xn.view(x_t.shape)

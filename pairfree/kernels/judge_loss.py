@@ -17,12 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pairfree.kernels import dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from pairfree.kernels.triton_support import row_block, tl, triton
 
 
 def judge_loss_reference(h, weight, yes_id: int, no_id: int, target, logit_scale: float = 1.0):
@@ -77,90 +72,125 @@ if triton is not None:
             tl.store(DH + b * sdhb + offs, (coef * (wy - wn)).to(DH.dtype.element_ty), mask=m)
 
 
-def _block(d: int) -> int:
-    return min(1024, max(16, triton.next_power_of_2(d)))
+@torch.library.custom_op("pairfree::judge_loss_fwd", mutates_args=())
+def judge_loss_fwd(
+    h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, yes_id: int, no_id: int, logit_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-token CE per row (Triton) -> ``(loss, σ(margin))`` in fp32; ``target`` int32 ``(B,)``."""
+    b, d = h.shape
+    loss = torch.empty(b, device=h.device, dtype=torch.float32)
+    sig = torch.empty_like(loss)
+    _fwd_kernel[(b,)](
+        h, weight, target, loss, sig, d, h.stride(0), weight.stride(0), yes_id, no_id, logit_scale,
+        BLOCK_D=row_block(d, 16, 1024),
+    )  # fmt: skip
+    return loss, sig
 
 
-class _TritonJudgeLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, weight, yes_id, no_id, target, logit_scale):
-        b, d = h.shape
-        loss = torch.empty(b, device=h.device, dtype=torch.float32)
-        sig = torch.empty_like(loss)
-        t = target.to(torch.int32).contiguous()
-        _fwd_kernel[(b,)](
-            h,
-            weight,
-            t,
-            loss,
-            sig,
-            d,
-            h.stride(0),
-            weight.stride(0),
-            yes_id,
-            no_id,
-            logit_scale,
-            BLOCK_D=_block(d),
-        )
-        ctx.save_for_backward(h, weight, t, sig)
-        ctx.args = (yes_id, no_id, logit_scale)
-        return loss
-
-    @staticmethod
-    def backward(ctx, dloss):
-        h, weight, t, sig = ctx.saved_tensors
-        yes_id, no_id, logit_scale = ctx.args
-        dh = None
-        if ctx.needs_input_grad[0]:
-            dh = torch.empty_like(h)
-            _bwd_kernel[(h.shape[0],)](
-                dloss.contiguous(),
-                sig,
-                t,
-                weight,
-                dh,
-                h.shape[1],
-                weight.stride(0),
-                dh.stride(0),
-                yes_id,
-                no_id,
-                logit_scale,
-                BLOCK_D=_block(h.shape[1]),
-            )
-        dw = None
-        if ctx.needs_input_grad[1]:  # rare (the judge is frozen): only two rows are non-zero
-            coef = (sig - 1.0) * logit_scale * dloss.float() * torch.where(t != 0, 1.0, -1.0)
-            dw = torch.zeros_like(weight)
-            dw[yes_id] += (coef[:, None] * h.float()).sum(0).to(weight.dtype)
-            dw[no_id] -= (coef[:, None] * h.float()).sum(0).to(weight.dtype)
-        return dh, dw, None, None, None, None
+@judge_loss_fwd.register_fake
+def _(h, weight, target, yes_id, no_id, logit_scale):
+    loss = h.new_empty(h.shape[0], dtype=torch.float32)
+    return loss, torch.empty_like(loss)
 
 
-class _ChunkedFullVocabLoss(torch.autograd.Function):
-    """Full-vocabulary CE computed chunk by chunk over V in forward and backward (O(B·chunk) memory)."""
+@torch.library.custom_op("pairfree::judge_loss_bwd", mutates_args=())
+def judge_loss_bwd(
+    dloss: torch.Tensor,
+    sig: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    h: torch.Tensor,
+    yes_id: int,
+    no_id: int,
+    logit_scale: float,
+) -> torch.Tensor:
+    """``dh = (σ(m) − 1) · s · (W[target] − W[other]) · dloss`` (Triton)."""
+    dh = torch.empty_like(h)
+    _bwd_kernel[(h.shape[0],)](
+        dloss, sig, target, weight, dh, h.shape[1], weight.stride(0), dh.stride(0), yes_id, no_id, logit_scale,
+        BLOCK_D=row_block(h.shape[1], 16, 1024),
+    )  # fmt: skip
+    return dh
 
-    @staticmethod
-    def forward(ctx, h, weight, ids, logit_scale, chunk):
-        hf = h.float()
-        lse = torch.full((h.shape[0],), float("-inf"), device=h.device)
-        for v0 in range(0, weight.shape[0], chunk):
-            lse = torch.logaddexp(lse, torch.logsumexp(hf @ weight[v0 : v0 + chunk].float().T * logit_scale, -1))
-        target_logit = (hf * weight[ids].float()).sum(-1) * logit_scale
-        ctx.save_for_backward(h, weight, ids, lse)
-        ctx.args = (logit_scale, chunk)
-        return lse - target_logit
 
-    @staticmethod
-    def backward(ctx, dloss):
-        h, weight, ids, lse = ctx.saved_tensors
-        logit_scale, chunk = ctx.args
-        hf, g = h.float(), dloss.float()[:, None] * logit_scale
-        dh = -(g * weight[ids].float())
-        for v0 in range(0, weight.shape[0], chunk):
-            w = weight[v0 : v0 + chunk].float()
-            p = torch.exp(hf @ w.T * logit_scale - lse[:, None])
-            dh += (g * p) @ w
-        return dh.to(h.dtype), None, None, None, None
+@judge_loss_bwd.register_fake
+def _(dloss, sig, target, weight, h, yes_id, no_id, logit_scale):
+    return torch.empty_like(h)
+
+
+def _setup_judge(ctx, inputs, output):
+    h, weight, target, yes_id, no_id, logit_scale = inputs
+    ctx.save_for_backward(h, weight, target, output[1])
+    ctx.args = (yes_id, no_id, logit_scale)
+
+
+def _judge_backward(ctx, dloss, dsig):
+    h, weight, t, sig = ctx.saved_tensors
+    yes_id, no_id, logit_scale = ctx.args
+    dh = judge_loss_bwd(dloss.contiguous(), sig, t, weight, h, yes_id, no_id, logit_scale)
+    dw = None
+    if ctx.needs_input_grad[1]:  # rare (the judge is frozen): only two rows are non-zero
+        coef = (sig - 1.0) * logit_scale * dloss.float() * torch.where(t != 0, 1.0, -1.0)
+        dw = torch.zeros_like(weight)
+        dw[yes_id] += (coef[:, None] * h.float()).sum(0).to(weight.dtype)
+        dw[no_id] -= (coef[:, None] * h.float()).sum(0).to(weight.dtype)
+    return dh, dw, None, None, None, None
+
+
+judge_loss_fwd.register_autograd(_judge_backward, setup_context=_setup_judge)
+
+
+@torch.library.custom_op("pairfree::full_vocab_loss_fwd", mutates_args=())
+def full_vocab_loss_fwd(
+    h: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, logit_scale: float, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-vocabulary CE toward ``ids``, chunk by chunk over V (O(B·chunk) memory) -> ``(loss, logsumexp)``."""
+    hf = h.float()
+    lse = torch.full((h.shape[0],), float("-inf"), device=h.device)
+    for v0 in range(0, weight.shape[0], chunk):
+        lse = torch.logaddexp(lse, torch.logsumexp(hf @ weight[v0 : v0 + chunk].float().T * logit_scale, -1))
+    target_logit = (hf * weight[ids].float()).sum(-1) * logit_scale
+    return lse - target_logit, lse
+
+
+@full_vocab_loss_fwd.register_fake
+def _(h, weight, ids, logit_scale, chunk):
+    loss = h.new_empty(h.shape[0], dtype=torch.float32)
+    return loss, torch.empty_like(loss)
+
+
+@torch.library.custom_op("pairfree::full_vocab_loss_bwd", mutates_args=())
+def full_vocab_loss_bwd(
+    dloss: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor,
+    logit_scale: float, chunk: int,
+) -> torch.Tensor:  # fmt: skip
+    """``dh`` of the chunked full-vocabulary CE, again chunk by chunk."""
+    hf, g = h.float(), dloss.float()[:, None] * logit_scale
+    dh = -(g * weight[ids].float())
+    for v0 in range(0, weight.shape[0], chunk):
+        w = weight[v0 : v0 + chunk].float()
+        p = torch.exp(hf @ w.T * logit_scale - lse[:, None])
+        dh += (g * p) @ w
+    return dh.to(h.dtype)
+
+
+@full_vocab_loss_bwd.register_fake
+def _(dloss, h, weight, ids, lse, logit_scale, chunk):
+    return torch.empty_like(h)
+
+
+def _setup_full_vocab(ctx, inputs, output):
+    h, weight, ids, logit_scale, chunk = inputs
+    ctx.save_for_backward(h, weight, ids, output[1])
+    ctx.args = (logit_scale, chunk)
+
+
+def _full_vocab_backward(ctx, dloss, dlse):
+    h, weight, ids, lse = ctx.saved_tensors
+    return full_vocab_loss_bwd(dloss.contiguous(), h, weight, ids, lse, *ctx.args), None, None, None, None
+
+
+full_vocab_loss_fwd.register_autograd(_full_vocab_backward, setup_context=_setup_full_vocab)
 
 
 def judge_loss(
@@ -185,10 +215,11 @@ def judge_loss(
             raise ValueError(f"judge_loss: {name}={i} is outside the vocabulary of {weight.shape[0]} rows")
     if full_vocab:
         ids = torch.where(target.bool(), yes_id, no_id)
-        return _ChunkedFullVocabLoss.apply(h, weight, ids, logit_scale, chunk)
+        return full_vocab_loss_fwd(h, weight, ids, float(logit_scale), int(chunk))[0]
     backend = dispatch.select("judge_loss", h.device, backend)
     if backend == "reference":
         return judge_loss_reference(h, weight, yes_id, no_id, target, logit_scale)
     h = h if h.stride(-1) == 1 else h.contiguous()
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
-    return _TritonJudgeLoss.apply(h, weight, int(yes_id), int(no_id), target, float(logit_scale))
+    t = target.to(torch.int32).contiguous()
+    return judge_loss_fwd(h, weight, t, int(yes_id), int(no_id), float(logit_scale))[0]

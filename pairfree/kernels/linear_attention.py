@@ -20,12 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pairfree.kernels import dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from pairfree.kernels.triton_support import next_power_of_2, tl, triton
 
 
 def linear_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-15) -> torch.Tensor:
@@ -189,7 +184,7 @@ if triton is not None:
 
 
 def _tiles(d: int, n: int) -> tuple[int, int, int]:
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, next_power_of_2(d))
     block_n = 16 if dispatch.triton_interpreter() else (64 if block_d > 64 else 128)
     chunk = max(block_n, triton.cdiv(n, 16 if dispatch.triton_interpreter() else 64) // block_n * block_n)
     return block_n, block_d, chunk
@@ -209,38 +204,69 @@ def triton_state(k, v):
     return s.sum(1).contiguous(), z.sum(1).contiguous()
 
 
-class _TritonLinearAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, eps):
-        b, h, n, d = q.shape
-        block_n, block_d, _ = _tiles(d, n)
-        s, z = triton_state(k, v)
-        o = torch.empty_like(q)
-        _out_kernel[(b * h, triton.cdiv(n, block_n))](
-            q, s, z, o, n, d, *_s(q), *_s(o), h, eps, BLOCK_N=block_n, BLOCK_D=block_d
-        )
-        ctx.save_for_backward(q, k, v, s, z)  # the (d, d) states, no per-token intermediates
-        ctx.eps = eps
-        return o
+@torch.library.custom_op("pairfree::linear_attention_fwd", mutates_args=())
+def linear_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton forward -> ``(out, S, z)``: the ``(d, d)`` states are what backward keeps, no per-token ones."""
+    b, h, n, d = q.shape
+    block_n, block_d, _ = _tiles(d, n)
+    s, z = triton_state(k, v)
+    o = torch.empty_like(q)
+    _out_kernel[(b * h, triton.cdiv(n, block_n))](
+        q, s, z, o, n, d, *_s(q), *_s(o), h, eps, BLOCK_N=block_n, BLOCK_D=block_d
+    )
+    return o, s, z
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, s, z = ctx.saved_tensors
-        do = do if do.stride(-1) == 1 else do.contiguous()
-        b, h, n, d = q.shape
-        block_n, block_d, _ = _tiles(d, n)
-        blocks = triton.cdiv(n, block_n)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        ds = torch.empty(b * h, blocks, block_d, block_d, device=q.device, dtype=torch.float32)
-        dz = torch.empty(b * h, blocks, block_d, device=q.device, dtype=torch.float32)
-        _bwd_q_kernel[(b * h, blocks)](
-            q, do, s, z, dq, ds, dz, n, d, *_s(q), *_s(do), *_s(dq), h, ctx.eps, BLOCK_N=block_n, BLOCK_D=block_d
-        )
-        ds, dz = ds.sum(1).contiguous(), dz.sum(1).contiguous()
-        _bwd_kv_kernel[(b * h, blocks)](
-            k, v, ds, dz, dk, dv, n, d, *_s(k), *_s(v), *_s(dk), *_s(dv), h, BLOCK_N=block_n, BLOCK_D=block_d
-        )
-        return dq, dk, dv, None
+
+@linear_attention_fwd.register_fake
+def _(q, k, v, eps):
+    b, h, n, d = q.shape
+    block_d = max(16, next_power_of_2(d))
+    f32 = dict(device=q.device, dtype=torch.float32)
+    return torch.empty_like(q), q.new_empty(b * h, block_d, block_d, **f32), q.new_empty(b * h, block_d, **f32)
+
+
+@torch.library.custom_op("pairfree::linear_attention_bwd", mutates_args=())
+def linear_attention_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: torch.Tensor, z: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward -> ``(dq, dk, dv)`` (the analytic formula of the module docstring)."""
+    b, h, n, d = q.shape
+    block_n, block_d, _ = _tiles(d, n)
+    blocks = triton.cdiv(n, block_n)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    ds = torch.empty(b * h, blocks, block_d, block_d, device=q.device, dtype=torch.float32)
+    dz = torch.empty(b * h, blocks, block_d, device=q.device, dtype=torch.float32)
+    _bwd_q_kernel[(b * h, blocks)](
+        q, do, s, z, dq, ds, dz, n, d, *_s(q), *_s(do), *_s(dq), h, eps, BLOCK_N=block_n, BLOCK_D=block_d
+    )
+    ds, dz = ds.sum(1).contiguous(), dz.sum(1).contiguous()
+    _bwd_kv_kernel[(b * h, blocks)](
+        k, v, ds, dz, dk, dv, n, d, *_s(k), *_s(v), *_s(dk), *_s(dv), h, BLOCK_N=block_n, BLOCK_D=block_d
+    )
+    return dq, dk, dv
+
+
+@linear_attention_bwd.register_fake
+def _(do, q, k, v, s, z, eps):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, eps = inputs
+    ctx.save_for_backward(q, k, v, output[1], output[2])
+    ctx.eps = eps
+
+
+def _backward(ctx, do, ds, dz):
+    q, k, v, s, z = ctx.saved_tensors
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    dq, dk, dv = linear_attention_bwd(do, q, k, v, s, z, ctx.eps)
+    return dq, dk, dv, None
+
+
+linear_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear_attention(
@@ -259,4 +285,4 @@ def linear_attention(
     if q.shape[-1] > 128:
         raise ValueError(f"linear_attention: the triton kernel takes head dims up to 128, got {q.shape[-1]}")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return _TritonLinearAttention.apply(q, k, v, eps)
+    return linear_attention_fwd(q, k, v, float(eps))[0]

@@ -21,13 +21,7 @@ import math
 import torch
 
 from pairfree.kernels import dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - macOS / no triton: the other backends still work
-    triton = None
-
+from pairfree.kernels.triton_support import num_warps, row_block, tl, triton
 
 # --------------------------------------------------------------------------------------------------------
 # 1. Reference
@@ -240,14 +234,10 @@ if triton is not None:
                 tl.store(DGATE + pid * D + cols, acc_g, mask=mask)
 
 
-def _num_warps(block_d: int) -> int:
-    return min(16, max(1, block_d // 256))
-
-
 def triton_forward(x, residual, gate, weight, shift, scale, group: int, eps: float, layer: bool):
     """Launch the Triton forward on 2-D inputs (see section 2). Returns ``(y, x_sum, rstd)``."""
     rows, d = x.shape
-    block_d = triton.next_power_of_2(d)
+    block_d = row_block(d, 1)
     y = torch.empty_like(x)
     x_sum = torch.empty_like(x) if residual is not None else x.new_empty(0)
     rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
@@ -270,7 +260,7 @@ def triton_forward(x, residual, gate, weight, shift, scale, group: int, eps: flo
             HAS_W=weight is not None,
             LAYER=layer,
             BLOCK_D=block_d,
-            num_warps=_num_warps(block_d),
+            num_warps=num_warps(block_d),
         )
     return y, x_sum, rstd
 
@@ -298,7 +288,7 @@ def triton_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch: i
     else:
         dmods = [torch.empty_like(scale) for _ in range(3)]
     if rows:
-        block_d = triton.next_power_of_2(d)
+        block_d = row_block(d, 1)
         _bwd_kernel[(batch, chunks)](
             dy,
             dx_sum if dx_sum is not None else dy,
@@ -323,7 +313,7 @@ def triton_backward(dy, dx_sum, x_normed, h, weight, scale, gate, rstd, batch: i
             PER_SAMPLE=per_sample,
             LAYER=layer,
             BLOCK_D=block_d,
-            num_warps=_num_warps(block_d),
+            num_warps=num_warps(block_d),
         )
     else:
         dw_part.zero_()
