@@ -37,6 +37,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/modulated_norm.py
+	$(PY) benchmarks/dit_block.py
 
 # the pure-Python wheels benchmarks/gpu_check.sh installs on a GPU machine without diffusers or network
 # (Python 3.12); wheels/ is ignored by git: carry it to that machine

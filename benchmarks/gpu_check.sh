@@ -36,7 +36,7 @@ summary() {
         esac
         echo "| $s | ${RC[$s]} | $note |"
     done
-    for f in bench_modulated_norm bench_attention bench_fused_ops bench_unroll_memory bench_train_step; do
+    for f in bench_modulated_norm bench_dit_block bench_attention bench_fused_ops bench_unroll_memory bench_train_step; do
         [ -f "$OUT/$f.log" ] && { echo; echo "### $f"; grep -E "^\| " "$OUT/$f.log" | head -30; }
     done
     grep -hE "^(FAILED|ERROR)" "$OUT"/tests_*.log 2>/dev/null | head -20
@@ -54,6 +54,7 @@ MAX_JOBS=${MAX_JOBS:-16} step build 240 build.log $PY -m pip install -e . --no-d
 step doctor 30 doctor.log $PY -m pairfree.cli doctor
 step tests_kernels 120 tests_kernels.log $PY -m pytest tests/kernels -q -m "not slow" -p no:cacheprovider
 step bench_modulated_norm 60 bench_modulated_norm.log $PY benchmarks/modulated_norm.py --out "$OUT"
+step bench_dit_block 60 bench_dit_block.log $PY benchmarks/dit_block.py --out "$OUT"
 step bench_attention 60 bench_attention.log $PY benchmarks/attention.py --out "$OUT"
 step bench_fused_ops 45 bench_fused_ops.log $PY benchmarks/fused_ops.py --out "$OUT"
 step tests_rest 150 tests_rest.log $PY -m pytest tests -q -m "not slow" -p no:cacheprovider --ignore tests/kernels

@@ -72,6 +72,18 @@ def test_benchmark_quick_runs_every_provider(tmp_path):
     assert saved["meta"]["command"] and saved["meta"]["device"] and len(saved["rows"]) == len(rows)
 
 
+def test_dit_block_benchmark_quick(tmp_path):
+    """The fused and the eager block compute the same function (checked inside) and save the same bytes."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from benchmarks import dit_block as bench
+
+    rows = bench.main(["--quick", "--out", str(tmp_path), "--repeats", "1"])
+    assert {r["provider"] for r in rows} == {"eager", "pairfree"}
+    fused = next(r for r in rows if r["provider"] == "pairfree")
+    assert 0 < fused["saved MiB"] and fused["saved vs eager"] <= 1.0
+    assert (tmp_path / "dit_block_quick_cpu.json").is_file()
+
+
 def test_world_sample_writes_grid(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["world", "sample", "--n", "5", "--out", str(out), "--resolution", "64", "--seed", "3"]) == 0
