@@ -452,7 +452,10 @@ def test_command_line_is_the_command_a_user_retypes(monkeypatch):
     pkg = Path(__file__).resolve().parents[1] / "pairfree"
     for argv, expected in [
         (["/venv/bin/pairfree", "train", "--resume"], "pairfree train --resume"),
-        ([str(pkg / "train" / "paired.py"), "--config", "c.yaml"], "python -m pairfree.train.paired --config c.yaml"),
+        (
+            [str(pkg / "train" / "paired" / "__main__.py"), "--config", "c.yaml"],
+            "python -m pairfree.train.paired --config c.yaml",
+        ),
         ([str(pkg / "train" / "__main__.py"), "--config", "c"], "python -m pairfree.train --config c"),
         (["/tmp/script.py", "x"], "python /tmp/script.py x"),
     ]:

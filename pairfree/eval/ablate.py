@@ -22,7 +22,6 @@ from pathlib import Path
 from pairfree.config import ConfigError, load_config
 from pairfree.eval.editing import evaluate
 from pairfree.train.config import TrainConfig
-from pairfree.train.paired import PairedTrainer
 from pairfree.train.run import add_arguments as add_train_arguments
 from pairfree.train.run import train
 
@@ -82,9 +81,8 @@ def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench:
         p = argparse.ArgumentParser()
         add_train_arguments(p)
         args = p.parse_args(["--config", config, *(["--resume"] if resume else []), "--set", *sets])
-        trainer_cls = PairedTrainer if row.trainer == "paired" else None
         print(f"ablate: {row.name} seed {seed}: {commands[0]}{' (resumed)' if resume else ''}", flush=True)
-        train(args, trainer_cls, what=f"ablation row {row.name}")
+        train(args, "paired" if row.trainer == "paired" else None)
         record.write_text(json.dumps({"row": row.name, "seed": seed, "commands": commands}, indent=1) + "\n")
     if not (run / "eval" / "metrics.json").is_file():
         evaluate(run / "model", bench, run / "eval", baselines=())

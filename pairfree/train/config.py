@@ -21,6 +21,7 @@ class ModelsConfig:
     format: str = "shapes"
     teacher: str = "shapes-teacher"
     judge: str = "shapes-judge"
+    generator: str = ""  # shapes: an editor directory (a run's model/) whose generator starts this run (default: teacher)
     resolution: int = 32  # image side the editor works at
     judge_image_size: int = 448  # diffusers format: the judge's input side (shapes: from the shipped judge.json)
     text_max_length: int = 300  # diffusers format: prompts padded/truncated to this many tokens (SANA: 300)
@@ -108,6 +109,23 @@ class OptimConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """``trainer: grpo`` (Flow-GRPO with the judge as the reward; pairfree/train/grpo.py)."""
+
+    group_size: int = 4  # G samples per (input, instruction); rewards are normalised within the group
+    clip_range: float = 1e-4  # PPO ratio clip; log-probabilities are means over dimensions (as Flow-GRPO's)
+    adv_clip: float = 5.0  # normalised advantages clipped to ±adv_clip
+    kl_weight: float = 0.04  # KL to the frozen starting policy (closed form between Gaussians of one std)
+    train_fraction: float = 1.0  # share of the stochastic sampler steps trained per rollout (drawn per rollout)
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size: expected ≥ 2 samples per group, got {self.group_size}")
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"grpo.train_fraction: expected a share in (0, 1], got {self.train_fraction}")
+
+
+@dataclass
 class DistributedConfig:
     """Used under the ``deepspeed`` launcher only."""
 
@@ -152,6 +170,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    trainer: str = "pair-free"  # pair-free (NP-Edit) | paired (supervised yardstick) | grpo (Flow-GRPO, judge reward)
     log_every: int = 10
     sample_every: int = 250  # sample grid (input | instruction | output); 0: never
     ckpt_every: int = 250
@@ -169,6 +189,8 @@ class TrainConfig:
         if self.mixed_precision is False:  # YAML reads an unquoted `no` as false
             self.mixed_precision = "no"
         check_precision(self.mixed_precision)
+        if self.trainer not in ("pair-free", "paired", "grpo"):
+            raise ValueError(f"trainer: expected 'pair-free', 'paired' or 'grpo', got {self.trainer!r}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch: expected ≥ 0 batches built ahead, got {self.prefetch}")
         if self.distributed.frozen not in ("replicate", "zero3"):

@@ -73,8 +73,24 @@ def load_models(cfg: ModelsConfig, critic: bool = True, world=None) -> EditorMod
     if not teacher.dit.config.reference:
         raise ValueError("models.teacher: the DiT was built with reference=False; the editor needs reference tokens")
     generator = FlowModel(with_reference_skip(teacher.dit), copy.deepcopy(teacher.text)).requires_grad_(True).train()
+    if cfg.generator:  # continue from a trained editor (e.g. the supervised yardstick's model/)
+        load_generator(generator, Path(cfg.generator), world)
     fake = copy.deepcopy(teacher).requires_grad_(True).train() if critic else None
     return EditorModels(generator, fake, teacher, judge)
+
+
+def load_generator(generator: FlowModel, path: Path, world=None) -> None:
+    """Load an editor directory's generator weights into ``generator`` (same architecture), refusing another world."""
+    if not (path / "editor.json").is_file():
+        raise CheckpointError(f"models.generator: {path} is not an editor directory (no editor.json)")
+    if world is not None:
+        check_same(load_spec(path), f"models.generator ({path})", world, "the run's world")
+    trained = FlowModel.from_pretrained(path)
+    try:
+        generator.load_state_dict(trained.state_dict())
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()
+        raise CheckpointError(f"models.generator: {path} does not fit the teacher's generator: {first}") from None
 
 
 def ema_copy(generator: FlowModel) -> FlowModel:

@@ -13,9 +13,13 @@ from pairfree.data.records import read_records
 from pairfree.device import resolve_device
 from pairfree.train.config import TrainConfig
 from pairfree.train.distributed import build_distributed_trainer
+from pairfree.train.grpo import GRPOTrainer
 from pairfree.train.models import load_models
+from pairfree.train.paired import PairedTrainer
 from pairfree.train.trainer import EditorTrainer
 from pairfree.world.spec import get_spec
+
+TRAINERS = {"pair-free": EditorTrainer, "paired": PairedTrainer, "grpo": GRPOTrainer}  # the config's `trainer`
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,20 +27,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
 
 
-def train(args, trainer_cls=None, what: str = "editor") -> int:
-    """Run ``trainer_cls`` (default :class:`EditorTrainer`) from parsed ``args``; ``what`` names its model."""
+def train(args, trainer: str | None = None) -> int:
+    """Run the config's trainer (``trainer``, when given, wins: ``python -m pairfree.train.paired``) from parsed
+    ``args``."""
     cfg = load_config(TrainConfig, args.config, args.overrides)
+    if trainer is not None:
+        cfg.trainer = trainer
+    what = {"pair-free": "editor", "paired": "paired (supervised) editor", "grpo": "Flow-GRPO editor"}[cfg.trainer]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = None if distributed else resolve_device(cfg.device)  # under deepspeed each rank takes its own GPU
     if cfg.data.source == "jsonl":
         read_records(cfg.data.path)  # a bad file fails here, before minutes of model loading
+    trainer_cls = TRAINERS[cfg.trainer]
     models = load_models(cfg.models, critic=cfg.loss.uses_critic, world=get_spec(cfg.world))
     if distributed:
-        trainer = build_distributed_trainer(cfg, models, trainer_cls or EditorTrainer)
+        trainer = build_distributed_trainer(cfg, models, trainer_cls)
     else:
-        trainer = (trainer_cls or EditorTrainer)(cfg, models.to(device))
+        trainer = trainer_cls(cfg, models.to(device))
         if trainer.is_main:
             print(f"training on {device}")
     logs = trainer.train(resume=args.resume)
@@ -46,7 +55,7 @@ def train(args, trainer_cls=None, what: str = "editor") -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pairfree.train", description="pair-free editor training")
+def main(argv=None, trainer: str | None = None, prog: str = "python -m pairfree.train") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="editor training (pair-free, paired or grpo: `trainer`)")
     add_arguments(p)
-    return train(p.parse_args(argv))
+    return train(p.parse_args(argv), trainer)

@@ -445,4 +445,4 @@ class EditorTrainer:
 
 
 RANK_INVARIANT = ("k", "skipped", "grad_norm")  # the same on every rank
-SHOWN = ("loss", "copy", "paired", "vlm", "dmd", "p_verify", "p_identity", "critic", "skipped")
+SHOWN = ("loss", "copy", "paired", "vlm", "dmd", "p_verify", "p_identity", "critic", "reward", "kl", "skipped")

@@ -10,7 +10,8 @@ from pairfree.flow import few_step_schedule
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import flow_loss
 from pairfree.train.models import load_models
-from pairfree.train.paired import PairedTrainer, main
+from pairfree.train.paired import PairedTrainer
+from pairfree.train.run import main
 from pairfree.world.edits import render_edits
 
 from .conftest import tiny_overrides
@@ -54,7 +55,8 @@ def test_flow_loss_t_values_draws_only_the_sampler_timesteps():
 
 
 def test_paired_cli_trains_and_marks_its_model(tiny_models, tmp_path, capsys):
-    assert main(["--config", "configs/shapes/editor.yaml", "--set", *tiny_overrides(tiny_models, tmp_path)]) == 0
+    sets = tiny_overrides(tiny_models, tmp_path)
+    assert main(["--config", "configs/shapes/editor.yaml", "--set", *sets], "paired") == 0
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["copy"] * 2 + ["edit"] * 3
     assert all("paired" in r and "vlm" not in r for r in rows[2:])

@@ -12,12 +12,9 @@ Writes the same run directory as ``pairfree train`` (``model/`` evaluates with `
 
 from __future__ import annotations
 
-import argparse
-
 from pairfree.config import ConfigError
 from pairfree.flow import few_step_schedule
 from pairfree.train.losses import flow_loss
-from pairfree.train.run import add_arguments, train
 from pairfree.train.trainer import EditorTrainer
 
 
@@ -49,14 +46,3 @@ class PairedTrainer(EditorTrainer):
                 t_values=few_step_schedule(self.cfg.sampler.steps, self.cfg.sampler.shift),
             )
         return self.update(loss, {"paired": loss.item()})
-
-
-def main(argv=None) -> int:
-
-    p = argparse.ArgumentParser(prog="python -m pairfree.train.paired", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    return train(p.parse_args(argv), PairedTrainer, what="paired (supervised) editor")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
