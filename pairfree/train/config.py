@@ -21,7 +21,7 @@ class ModelsConfig:
     format: str = "shapes"
     teacher: str = "shapes-teacher"
     judge: str = "shapes-judge"
-    generator: str = ""  # shapes: an editor directory (a run's model/) whose generator starts this run (default: teacher)
+    generator: str = ""  # shapes: an editor directory (a run's model/) to start the generator from (default: teacher)
     resolution: int = 32  # image side the editor works at
     judge_image_size: int = 448  # diffusers format: the judge's input side (shapes: from the shipped judge.json)
     text_max_length: int = 300  # diffusers format: prompts padded/truncated to this many tokens (SANA: 300)
