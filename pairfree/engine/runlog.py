@@ -31,6 +31,30 @@ def plot_curve(metrics_path: Path, out: Path, title: str, key: str = "loss") -> 
     plt.close(fig)
 
 
+def plot_series(metrics_path: Path, out: Path, title: str, keys: list[str]) -> None:
+    """Each of ``keys`` against step, one panel per key (linear scale): e.g. a reward beside held-out quality."""
+    import matplotlib  # optional heavy dependency: only needed when a run draws its curve
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and r[k] == r[k]] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return
+    fig, axes = plt.subplots(len(series), 1, figsize=(6, 2.2 * len(series)), sharex=True, squeeze=False)
+    for ax, (k, pts) in zip(axes[:, 0], series.items()):
+        ax.plot([s for s, _ in pts], [v for _, v in pts], lw=1, marker="." if len(pts) < 50 else None)
+        ax.set_ylabel(k, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 class RunLog:
     """``write(row)`` appends to ``<out>/metrics.jsonl`` (and TensorBoard); ``plot()`` redraws ``loss.png``.
     ``resume_step``: keep the rows up to that step (a resumed run); None: start a new file. ``enabled=False``

@@ -183,6 +183,10 @@ class TrainConfig:
     # single process: bf16 | fp16 (loss scaling) | no (fp32) autocast with fp32 master weights, the frozen teacher
     # and judge in that dtype; auto: bf16 on a GPU, fp32 on a CPU. Under deepspeed: distributed.bf16 instead
     mixed_precision: str | bool = "auto"
+    # every N steps (0: never): the evaluator reads the generator's edits of heldout_items held-out world edits —
+    # complete edit, preservation, PSNR outside the mask — logged beside the training signal (reward hacking in view)
+    heldout_every: int = 0
+    heldout_items: int = 32
 
     def __post_init__(self):
         check_device_name(self.device)

@@ -35,12 +35,14 @@ from pairfree.data.dataset import JsonlEditorDataset
 from pairfree.edit import EditPipeline, edit_images
 from pairfree.engine import precision
 from pairfree.engine.loop import run_steps
-from pairfree.engine.runlog import RunLog
+from pairfree.engine.runlog import RunLog, plot_series
 from pairfree.engine.state import atomic_save, ema_update
 from pairfree.engine.strategy import Strategy
+from pairfree.eval.editing import measure
 from pairfree.flow import few_step_schedule
 from pairfree.models.bundle import editor_x0
 from pairfree.pretrain.common import Prefetch, command_line
+from pairfree.shipped import model_name, pretrained
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import (
     dmd_generator_loss,
@@ -52,8 +54,9 @@ from pairfree.train.losses import (
 from pairfree.train.models import EditorModels, ema_copy, trained_part
 from pairfree.train.samples import save_edit_rows
 from pairfree.unroll import per_sample_randn, unroll
+from pairfree.world.bench import Bench, build_bench
 from pairfree.world.datasets import EditorDataset, item_seed
-from pairfree.world.edits import EDIT_TYPES, sample_edit
+from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
 from pairfree.world.render import render
 from pairfree.world.spec import get_spec, save_spec
 
@@ -371,13 +374,15 @@ class EditorTrainer:
             self.save()
 
         def samples(step, wall):
-            if (
-                cfg.sample_every
-                and step % cfg.sample_every == 0
-                and self.is_main
-                and not self.strategy.gathers_parameters
-            ):
+            if not self.is_main or self.strategy.gathers_parameters:
+                return []
+            if cfg.sample_every and step % cfg.sample_every == 0:
                 self.save_samples(self.out / "samples" / f"step_{step:06d}.png")
+            if cfg.heldout_every and cfg.data.source == "world" and (step % cfg.heldout_every == 0 or step == total):
+                row = {"step": step, **self.heldout_metrics()}
+                log.write(row)
+                keys = ["reward", "p_verify", "loss"] + [k for k in row if k.startswith("heldout/")]
+                plot_series(self.out / "metrics.jsonl", self.out / "heldout.png", "training signal vs held-out", keys)
             return []
 
         try:
@@ -422,6 +427,25 @@ class EditorTrainer:
         (path / "train.json").write_text(json.dumps(record, indent=1))
         save_spec(path, self.spec)
         return path
+
+    @torch.no_grad()
+    def heldout_metrics(self) -> dict:
+        """The exported generator's (EMA's) edits of ``heldout_items`` held-out edits (val templates, the bench
+        seed stream, every type), read by the independent evaluator: overall complete edit, preservation and
+        PSNR outside the mask — never the judge that is trained against."""
+        if getattr(self, "_heldout", None) is None:
+            per_type = math.ceil(self.cfg.heldout_items / len(EDIT_TYPES))
+            edits = build_bench(per_type, seed=self.cfg.seed, spec=self.spec)
+            inputs, targets, masks = render_edits(edits, self.cfg.models.resolution)
+            bench = Bench(edits, [], inputs, targets, masks, {}, self.spec)
+            self._heldout = (bench, pretrained(model_name("evaluator", self.spec)))
+        bench, evaluator = self._heldout
+        gen = self.ema if self.ema is not None else self.gen.module
+        schedule = few_step_schedule(self.cfg.sampler.steps, self.cfg.sampler.shift)
+        outputs = edit_images(gen, bench.inputs * 2 - 1, [e.instruction for e in bench.edits], schedule, 0)
+        overall = measure(evaluator, bench, outputs.cpu())["overall"]
+        keys = ("complete edit", "preservation", "PSNR outside mask")
+        return {f"heldout/{k}": overall[k] for k in keys}
 
     @torch.no_grad()
     def save_samples(self, path: Path, n: int = 8) -> Path:

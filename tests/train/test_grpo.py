@@ -70,13 +70,20 @@ def _metrics(path):
     return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_grpo_trains_through_the_one_entry_point(tiny_models, tmp_path):
-    sets = tiny_overrides(tiny_models, tmp_path, trainer="grpo", batch=2, **{"grpo.group_size": 3})
+def test_grpo_trains_through_the_one_entry_point_with_held_out_quality_in_view(tiny_models, tmp_path):
+    sets = tiny_overrides(tiny_models, tmp_path, trainer="grpo", batch=2, heldout_every=3, heldout_items=8,
+                          **{"grpo.group_size": 3})  # fmt: skip
     assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set", *sets]) == 0
     rows = _metrics(tmp_path)
-    assert [r["stage"] for r in rows] == ["copy"] * 2 + ["edit"] * 3
-    for r in rows[2:]:
+    steps = [r for r in rows if "stage" in r]
+    assert [r["stage"] for r in steps] == ["copy"] * 2 + ["edit"] * 3
+    for r in steps[2:]:
         assert 0 <= r["reward"] <= 1 and r["kl"] >= 0 and "dmd" not in r and "vlm" not in r
+    held = [r for r in rows if "heldout/preservation" in r]
+    assert [r["step"] for r in held] == [3, 5]  # every 3 steps and at the end
+    for r in held:
+        assert 0 <= r["heldout/complete edit"] <= r["heldout/preservation"] <= 1
+    assert (tmp_path / "heldout.png").is_file()
     assert json.loads((tmp_path / "model" / "train.json").read_text())["trainer"] == "flow-grpo"
 
 
