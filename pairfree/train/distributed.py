@@ -59,6 +59,7 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cl
     ``EditorTrainer`` or a subclass) on a :class:`DeepSpeedStrategy` over them."""
     device, on_gpu = init_distributed()
     ema = ema_copy(models.generator).to(device) if cfg.optim.ema else None
+    extra = {k: v.to(device) for k, v in trainer_cls.copies_before_engines(models).items()}  # whole, unpartitioned
     engines = {}
     # paper scale: generator, critic and teacher share one frozen text encoder; the trained engines then hold
     # only their DiTs (a parameter must belong to one ZeRO-3 engine), the frozen one holds the rest
@@ -77,4 +78,4 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cl
     if not shared_text:
         models.generator = engines["generator"].module
         models.critic = engines["critic"].module if "critic" in engines else None
-    return trainer_cls(cfg, models, strategy=DeepSpeedStrategy(engines, device), ema=ema)
+    return trainer_cls(cfg, models, strategy=DeepSpeedStrategy(engines, device), ema=ema, **extra)

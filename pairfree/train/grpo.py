@@ -88,10 +88,14 @@ class GRPOTrainer(EditorTrainer):
 
     TRAINER = "flow-grpo"  # RL with the judge as the reward: the paper's comparison, not the method
 
-    def __init__(self, cfg, models, **kw):
+    def __init__(self, cfg, models, reference=None, **kw):
+        # the starting policy, frozen (copied before any checkpoint is loaded: on resume it is still the start)
+        self.reference = reference if reference is not None else self.copies_before_engines(models)["reference"]
         super().__init__(cfg, models, **kw)
-        # the starting policy, frozen (built before any checkpoint is loaded: on resume it is still the start)
-        self.reference = copy.deepcopy(models.generator).requires_grad_(False).eval()
+
+    @classmethod
+    def copies_before_engines(cls, models) -> dict:
+        return {"reference": copy.deepcopy(models.generator).requires_grad_(False).eval()}
 
     def policy_step(self, model, x_t, i: int, ref, text, mask) -> torch.Tensor:
         """The mean (1 − t_{i+1})·x̂0 of sampler step i's Gaussian."""

@@ -124,6 +124,12 @@ class EditorTrainer:
         self.step, self.skipped, self.wall = 0, 0, 0.0
         self.out = Path(cfg.out)
 
+    @classmethod
+    def copies_before_engines(cls, models: EditorModels) -> dict:
+        """Frozen copies a subclass needs of the models as loaded (passed back to ``__init__`` as keywords);
+        under DeepSpeed they are made before the engines partition the trained modules."""
+        return {}
+
     # ------------------------------------------------------------------------------------------ data ---
     def batch(self, step: int) -> list[dict]:
         """This rank's items of ``step`` (built ahead on threads with ``prefetch``; the same items either way)."""

@@ -18,10 +18,13 @@ LAUNCHER = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.skipif(LAUNCHER is None, reason="deepspeed launcher not installed")
-@pytest.mark.parametrize("stage,frozen,fake", [(3, "zero3", "critic"), (3, "zero3", "delta")])
-def test_deepspeed_two_ranks_match_single_process(tiny_models, tmp_path, stage, frozen, fake):
+@pytest.mark.parametrize(
+    "stage,frozen,fake,trainer",
+    [(3, "zero3", "critic", "pair-free"), (3, "zero3", "delta", "pair-free"), (3, "zero3", "delta", "grpo")],
+)
+def test_deepspeed_two_ranks_match_single_process(tiny_models, tmp_path, stage, frozen, fake, trainer):
     common = {"loss.do_nothing_prob": 0.0, "distributed.zero_stage": stage, "distributed.frozen": frozen}
-    common["loss.dmd_fake"] = fake
+    common.update({"loss.dmd_fake": fake, "trainer": trainer, "grpo.group_size": 2})
     sets = tiny_overrides(tiny_models, tmp_path / "ds", batch=2, threads=1, **common)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(Path(__file__).parents[2])}
     env.pop("TRITON_INTERPRET", None)
@@ -36,7 +39,7 @@ def test_deepspeed_two_ranks_match_single_process(tiny_models, tmp_path, stage, 
     assert len(ds) == len(one) == 5
     for a, b in zip(ds, one):
         assert a.keys() == b.keys()
-        for k in ("loss", "grad_norm", "copy", "vlm", "dmd", "critic", "p_verify", "p_identity"):
+        for k in ("loss", "grad_norm", "copy", "vlm", "dmd", "critic", "p_verify", "p_identity", "reward", "kl"):
             if k in a:
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (k, a, b)
     assert (tmp_path / "ds" / "deepspeed" / "gen" / "last").is_dir()
