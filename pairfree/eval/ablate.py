@@ -58,7 +58,22 @@ def rows_for(cfg: TrainConfig) -> list[Row]:
     ]
 
 
-HEADLINE = ("full", "only_dmd", "only_vlm", "no_identity", "supervised")  # the rows run with every seed
+def rl_rows_for(cfg: TrainConfig) -> list[Row]:
+    """The paper's RL comparison at an equal generator-update budget: the supervised yardstick (SFT), then from
+    its model Flow-GRPO with the judge as reward, or NP-Edit; and NP-Edit from the copy warm-up.
+    ``{out}``/``{seed}`` in an override are the ablation's ``--out`` and the row's seed."""
+    sft = "models.generator={out}/supervised/seed{seed}/model"
+    return [
+        Row("supervised", "supervised yardstick (SFT, told the answer)", trainer="paired"),
+        Row("supervised_grpo", "SFT, then Flow-GRPO (judge reward)", (sft, "copy_steps=0", "trainer=grpo")),
+        Row("supervised_npedit", "SFT, then NP-Edit (the config as given)", (sft, "copy_steps=0")),
+        Row("npedit", "NP-Edit from the copy warm-up (the config as given)"),
+    ]
+
+
+TABLES = {"ablations": rows_for, "rl": rl_rows_for}
+HEADLINE = ("full", "only_dmd", "only_vlm", "no_identity", "supervised", "supervised_grpo", "supervised_npedit",
+            "npedit")  # the rows run with every seed  # fmt: skip
 
 
 def train_command(config: str, sets: list[str], row: Row, resume: bool = False) -> str:
@@ -70,7 +85,7 @@ def train_command(config: str, sets: list[str], row: Row, resume: bool = False) 
 def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench: str) -> dict:
     """Train (or resume, or read back) one (row, seed) and evaluate it; returns its metrics and commands."""
     run = out / row.name / f"seed{seed}"
-    sets = [*base, *row.overrides, f"out={run}", f"seed={seed}"]
+    sets = [*base, *(o.format(out=out, seed=seed) for o in row.overrides), f"out={run}", f"seed={seed}"]
     record = run / "row.json"
     commands = [
         train_command(config, sets, row),
@@ -198,7 +213,7 @@ def plot(table: dict, path: Path) -> None:
 def ablate(args) -> dict:
     """Run the chosen rows (all by default), then write the table of every row finished under ``--out``."""
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    rows = rows_for(cfg)
+    rows = TABLES[args.table](cfg)
     known = {r.name: r for r in rows}
     chosen = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else list(known)
     unknown = [r for r in chosen if r not in known]
@@ -237,6 +252,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", required=True, help="benchmark directory (pairfree world bench)")
     p.add_argument("--out", default="runs/ablations", help="one run directory per row and seed under here")
     p.add_argument("--results", default="results/ablations", help="where table.json/.md/.png go")
+    p.add_argument("--table", choices=sorted(TABLES), default="ablations",
+                   help="ablations: the paper's ablation rows; rl: SFT → +Flow-GRPO vs SFT → +NP-Edit")  # fmt: skip
     p.add_argument("--rows", default="", help="comma-separated rows to run (default: all, then the table)")
     p.add_argument("--seeds", type=int, default=2, help="seeds of the headline rows (others: 1)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

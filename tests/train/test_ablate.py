@@ -69,3 +69,22 @@ def test_ablate_rows_tables_and_resume(tiny_models, bench_dir, tmp_path):
 def test_ablate_unknown_row_is_a_clear_error(tiny_models, bench_dir, tmp_path, capsys):
     assert ablate(tiny_models, tmp_path, bench_dir, "full,no_such_row") == 2
     assert "no_such_row" in capsys.readouterr().err
+
+
+def test_rl_table_starts_grpo_and_npedit_from_the_supervised_model(tiny_models, bench_dir, tmp_path):
+    sets = [s for s in tiny_overrides(tiny_models, tmp_path, batch=2) if not s.startswith("out=")]
+    argv = ["ablate", "--table", "rl", "--config", "configs/shapes/editor.yaml", "--bench", str(bench_dir),
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--seeds", "1",
+            "--set", *sets, "grpo.group_size=2"]  # fmt: skip
+    assert cli(argv) == 0
+    table = json.loads((tmp_path / "results" / "table.json").read_text())
+    names = [r["name"] for r in table["rows"]]
+    assert names[:4] == ["supervised", "supervised_grpo", "supervised_npedit", "npedit"] and not table["missing"]
+    runs = tmp_path / "runs"
+    sft = str(runs / "supervised" / "seed0" / "model")
+    for name, trainer in [("supervised_grpo", "flow-grpo"), ("supervised_npedit", "pair-free")]:
+        record = json.loads((runs / name / "seed0" / "model" / "train.json").read_text())
+        assert record["trainer"] == trainer and record["config"]["models"]["generator"] == sft
+        assert record["copy_steps"] == 0
+    npedit = json.loads((runs / "npedit" / "seed0" / "model" / "train.json").read_text())
+    assert npedit["config"]["models"]["generator"] == "" and npedit["copy_steps"] == 2
