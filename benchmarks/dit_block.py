@@ -60,7 +60,7 @@ def main(argv=None):
         n = hh * ww
         g = torch.Generator().manual_seed(1)
         rnd = lambda *s: (torch.randn(*s, generator=g) * 0.5).to(device, dtype)
-        x, h_prev, temb, text = rnd(b, n, d), rnd(b, n, d), rnd(b, 1, 6, d), rnd(b, 32, cfg.text_dim)
+        x, h_prev, temb, text = rnd(b, n, d), rnd(b, n, d), rnd(b, 1, 6, d), rnd(b, 32, d)  # text: projected
         gate_prev, mask = rnd(b, 1, d), torch.ones(b, 32, dtype=torch.bool, device=device)
         leaves = [x, h_prev, temb]
 
