@@ -129,7 +129,7 @@ class GRPOTrainer(EditorTrainer):
         )
         adv = group_advantages(reward, g, cfg.grpo.adv_clip)
         return dict(states=states, old_lp=old_lp, ref_means=ref_means, reward=reward, adv=adv, ref=ref,
-                    text=text, mask=mask, gens=gens)  # fmt: skip
+                    instructions=[it["instruction"] for it in items])  # fmt: skip
 
     def trained_steps(self, step: int) -> list[int]:
         """The stochastic steps this update trains (a seeded share of them, the same on every rank)."""
@@ -142,12 +142,14 @@ class GRPOTrainer(EditorTrainer):
         cfg = self.cfg.grpo
         with self.autocast():
             r = self.rollout(step)
+            # the instruction is encoded again with gradients: the generator's text encoder is part of the policy
+            text, mask = self.gen.module.text.encode(r["instructions"])
             loss = 0.0
             kls = []
             chosen = self.trained_steps(step)
             for i in chosen:
                 std = torch.full((r["ref"].shape[0],), float(self.schedule[i + 1]), device=r["ref"].device)
-                mean = self.policy_step(self.gen.module, r["states"][i], i, r["ref"], r["text"], r["mask"])
+                mean = self.policy_step(self.gen.module, r["states"][i], i, r["ref"], text, mask)
                 lp = gaussian_log_prob(r["states"][i + 1], mean, std)
                 kl = gaussian_kl(mean, r["ref_means"][i], std).mean()
                 loss = loss + clipped_surrogate(lp, r["old_lp"][i], r["adv"], cfg.clip_range) + cfg.kl_weight * kl
