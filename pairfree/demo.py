@@ -128,6 +128,10 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0, wor
 
     # 5. the editor: pair-free training from the shipped teacher and judge, then the benchmark vs baselines
     editor = _editor(out, seed, minutes, spec) if minutes > 0 else None
+    recorded = Path(__file__).resolve().parents[1] / "results" / "ablations" / "table.md"
+    if recorded.is_file():  # a source checkout: the ablation rows measured so far, beside the demo's own table
+        print(f"\n== the recorded ablation table ({recorded.relative_to(recorded.parents[2])}; pairfree ablate) ==")
+        print(recorded.read_text())
 
     result = {
         "shipped_models": shipped,

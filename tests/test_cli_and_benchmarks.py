@@ -48,8 +48,10 @@ def test_demo_editor_trains_background_edits_only(tmp_path):
     assert {it["type"] for it in data.__getitems__(list(range(40)))} == {"background"}
 
 
-def test_demo_writes_results(tmp_path):
+def test_demo_writes_results(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--minutes", "0"]) == 0
+    recorded = __import__("pathlib").Path(__file__).resolve().parents[1] / "results" / "ablations" / "table.md"
+    assert recorded.read_text() in capsys.readouterr().out  # the recorded ablation table is printed
     result = json.loads((tmp_path / "demo.json").read_text())
     backends = {r["backend"] for r in result["accuracy"]}
     assert {"reference", "cpp"} <= backends
