@@ -132,12 +132,14 @@ def test_unroll_memory_benchmark_quick(tmp_path):
 
 
 def test_train_step_benchmark_quick(tmp_path):
-    """One full training step (unroll, decode, judge, DMD, critic updates) naive vs pairfree, K ∈ {1, 2, 4}."""
+    """One full training step (unroll, decode, judge, DMD, critic updates) naive vs pairfree (fp32 and bf16),
+    K ∈ {1, 2, 4}."""
     from benchmarks import train_step as bench
 
     rows = bench.main(["--quick", "--out", str(tmp_path), "--repeats", "1"])
     mem = {(r["variant"], r["K"]): r["peak_MiB"] for r in rows}
-    assert len(mem) == 6 and all(r["median_ms"] > 0 for r in rows)
+    assert len(mem) == 9 and all(r["median_ms"] > 0 for r in rows)
+    assert mem[("pairfree+bf16", 4)] < mem[("pairfree", 4)]  # mixed precision: bf16 activations, exact bytes
     assert mem[("pairfree", 4)] < mem[("naive", 4)]  # exact bytes on CPU: checkpointed unroll, no judge weight grads
     assert mem[("pairfree", 4)] <= 1.15 * mem[("pairfree", 1)]
     assert (tmp_path / "train_step_quick_cpu.json").is_file()
