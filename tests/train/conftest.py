@@ -57,3 +57,26 @@ def tiny_overrides(models, out, **more):
         **more,
     }
     return [f"{k}={v}" for k, v in sets.items()]
+
+
+class Crash(Exception):
+    """Raised inside a training step to stand for a killed run."""
+
+
+def crash_then_resume(make_trainer, out, crash_at: int = 3):
+    """Train ``make_trainer(out)`` until it dies during step ``crash_at`` (after the last checkpoint), then resume a
+    fresh trainer on the same directory to the end; returns the resumed trainer."""
+    crashed = make_trainer(out)
+    real = crashed.edit_step
+
+    def edit_step(step):
+        if step == crash_at:
+            raise Crash
+        return real(step)
+
+    crashed.edit_step = edit_step
+    with pytest.raises(Crash):
+        crashed.train()
+    resumed = make_trainer(out)
+    resumed.train(resume=True)
+    return resumed

@@ -19,7 +19,7 @@ from pairfree.train.grpo import (
 )
 from pairfree.train.models import load_models
 
-from .conftest import tiny_overrides
+from .conftest import crash_then_resume, tiny_overrides
 
 
 def test_log_prob_and_kl_are_the_gaussian_closed_forms():
@@ -90,22 +90,7 @@ def test_grpo_trains_through_the_one_entry_point_with_held_out_quality_in_view(t
 def test_grpo_resumes_identically(tiny_models, tmp_path):
     full = _grpo(tiny_models, tmp_path / "a")
     full.train()
-    crashed = _grpo(tiny_models, tmp_path / "b")
-    real = crashed.edit_step
-
-    class Crash(Exception):
-        pass
-
-    def edit_step(step):
-        if step == 3:
-            raise Crash
-        return real(step)
-
-    crashed.edit_step = edit_step
-    with pytest.raises(Crash):
-        crashed.train()
-    resumed = _grpo(tiny_models, tmp_path / "b")
-    resumed.train(resume=True)
+    resumed = crash_then_resume(lambda out: _grpo(tiny_models, out), tmp_path / "b")
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
     for p, q in zip(full.gen.module.parameters(), resumed.gen.module.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -18,7 +18,7 @@ from pairfree.train.trainer import CRITIC_STREAM, EditorTrainer
 from pairfree.world.datasets import EDITOR_KEYS, item_seed
 from pairfree.world.edits import DEFAULT_MIX, sample_edit
 
-from .conftest import tiny_overrides
+from .conftest import crash_then_resume, tiny_overrides
 
 
 def _trainer(models, out, **more):
@@ -358,19 +358,7 @@ def test_mixed_precision_matches_fp32_and_resumes_identically(tiny_models, tmp_p
                 assert r[key] == pytest.approx(r32[key], rel=0.1, abs=0.02), (key, r32, r)
     assert [r["copy"] for r in a[:2]] != [r["copy"] for r in a32[:2]]  # autocast ran: not the fp32 numbers
 
-    crashed = _trainer(tiny_models, tmp_path / "b", mixed_precision=mode)
-    real = crashed.edit_step
-
-    def edit_step(step):
-        if step == 3:
-            raise _Crash
-        return real(step)
-
-    crashed.edit_step = edit_step
-    with pytest.raises(_Crash):
-        crashed.train()
-    resumed = _trainer(tiny_models, tmp_path / "b", mixed_precision=mode)
-    resumed.train(resume=True)
+    resumed = crash_then_resume(lambda out: _trainer(tiny_models, out, mixed_precision=mode), tmp_path / "b")
     assert _metrics(tmp_path / "b") == a
     for p, q in zip(full.gen.module.parameters(), resumed.gen.module.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
