@@ -26,7 +26,7 @@ import math
 import torch
 
 from pairfree.models.bundle import editor_x0
-from pairfree.train.losses import judge_images
+from pairfree.train.losses import judge_batch
 from pairfree.train.trainer import EditorTrainer, seeded
 from pairfree.unroll import per_sample_randn
 
@@ -64,15 +64,8 @@ def judge_reward(judge, inputs, outputs, questions: list[list[dict]], identity: 
     """Per-sample reward ``(B,)``: the judge's P(target answer) at τ = 1, averaged over the sample's
     verification (and identity) questions."""
     roles = ("verify", "identity") if identity else ("verify",)
-    images, texts, targets, owner = [], [], [], []
-    for i, (x, y, qs) in enumerate(zip(inputs, outputs, questions)):
-        for q in qs:
-            if q["role"] in roles:
-                images.append(judge_images(q, x, y))
-                texts.append(q["text"])
-                targets.append(1.0 if q["target"] == "Yes" else 0.0)
-                owner.append(i)
-    per_q = judge.loss(images, texts, torch.tensor(targets, device=outputs.device), logit_scale=1.0)
+    images, texts, targets, _, owner = judge_batch(inputs, outputs, questions, roles)
+    per_q = judge.loss(images, texts, targets, logit_scale=1.0)
     p = torch.exp(-per_q.float())  # two-token CE at τ = 1 is −log P(target)
     owner = torch.tensor(owner, device=outputs.device)
     total = torch.zeros(len(questions), device=outputs.device).index_add_(0, owner, p)

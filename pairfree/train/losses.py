@@ -24,6 +24,21 @@ def judge_images(question: dict, inputs: torch.Tensor, output: torch.Tensor) -> 
     raise ValueError(f"judge question: images must be 'pair' or 'output', got {question['images']!r}")
 
 
+def judge_batch(inputs, outputs, questions: list[list[dict]], roles: tuple[str, ...]):
+    """One judge batch of every question of ``roles`` about each (input, output) pair: ``(images, texts,
+    targets (1 = Yes), role of each question, index of its sample)``."""
+    images, texts, targets, role_of, owner = [], [], [], [], []
+    for i, (x, y, qs) in enumerate(zip(inputs, outputs, questions)):
+        for q in qs:
+            if q["role"] in roles:
+                images.append(judge_images(q, x, y))
+                texts.append(q["text"])
+                targets.append(1.0 if q["target"] == "Yes" else 0.0)
+                role_of.append(q["role"])
+                owner.append(i)
+    return images, texts, torch.tensor(targets, device=outputs.device), role_of, owner
+
+
 def vlm_editing_loss(
     judge,
     inputs: torch.Tensor,
@@ -41,16 +56,7 @@ def vlm_editing_loss(
     the judge's mean P(target) per role at τ = 1 (for the progress bar).
     """
     roles = ("verify", "identity") if identity else ("verify",)
-    images, texts, targets, role_of = [], [], [], []
-    for x, y, qs in zip(inputs, outputs, questions):
-        for q in qs:
-            if q["role"] not in roles:
-                continue
-            images.append(judge_images(q, x, y))
-            texts.append(q["text"])
-            targets.append(1.0 if q["target"] == "Yes" else 0.0)
-            role_of.append(q["role"])
-    target = torch.tensor(targets, device=outputs.device)
+    images, texts, target, role_of, _ = judge_batch(inputs, outputs, questions, roles)
     per_q = judge.loss(images, texts, target, logit_scale=temperature, full_vocab=full_vocab)
     role_t = torch.tensor([roles.index(r) for r in role_of], device=outputs.device)
     per_role = torch.stack([per_q[role_t == i].mean() for i in range(len(roles))])

@@ -447,8 +447,7 @@ class EditorTrainer:
             self._heldout = (bench, pretrained(model_name("evaluator", self.spec)))
         bench, evaluator = self._heldout
         gen = self.ema if self.ema is not None else self.gen.module
-        schedule = few_step_schedule(self.cfg.sampler.steps, self.cfg.sampler.shift)
-        outputs = edit_images(gen, bench.inputs * 2 - 1, [e.instruction for e in bench.edits], schedule, 0)
+        outputs = edit_images(gen, bench.inputs * 2 - 1, [e.instruction for e in bench.edits], self.schedule, 0)
         overall = measure(evaluator, bench, outputs.cpu())["overall"]
         keys = ("complete edit", "preservation", "PSNR outside mask")
         return {f"heldout/{k}": overall[k] for k in keys}
