@@ -106,6 +106,8 @@ def _pretrain(args) -> int:
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     metrics = importlib.import_module(f"pairfree.pretrain.{args.model}").run(cfg, resume=args.resume)
+    if not metrics:  # a data-parallel rank other than the main one
+        return 0
     print(json.dumps(metrics, indent=1, sort_keys=True))
     print(f"model, MODEL_CARD.md and loss.png in {cfg.out}/model")
     return 0

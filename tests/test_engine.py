@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pairfree.engine.data_parallel import Ranks
 from pairfree.engine.loop import run_steps
 from pairfree.engine.runlog import RunLog
 from pairfree.engine.state import ema_decay, ema_update
@@ -43,6 +44,30 @@ def test_run_steps_stops_at_the_time_limit_with_a_checkpoint(tmp_path):
         ckpt_every=50, max_minutes=1.0, wall_s=61.0,
     )  # fmt: skip
     assert (result.step, result.stopped_early, saved) == (6, True, [6])
+
+
+def test_run_steps_stops_when_another_rank_is_past_the_time_limit(tmp_path):
+    """This rank is within its time, but ``stop_together`` reports another one past it: all stop at that step
+    (a rank that stopped alone would leave the others waiting in an all-reduce)."""
+    asked = []
+    result = run_steps(
+        lambda s: {}, 0, 100, RunLog(tmp_path), lambda step, wall: None, log_every=10, ckpt_every=50,
+        max_minutes=60.0, stop_together=lambda late: asked.append(late) or len(asked) == 3,
+    )  # fmt: skip
+    assert (result.step, result.stopped_early) == (3, True) and asked == [False, False, False]
+
+
+def test_data_parallel_shares_cut_the_batch_in_rank_order():
+    batch = {"x": torch.arange(12).view(6, 2), "captions": list("abcdef"), "meta": {"t": torch.arange(6)}, "k": 3}
+    parts = [Ranks(r, 3).shard(batch) for r in range(3)]
+    assert torch.equal(torch.cat([p["x"] for p in parts]), batch["x"])
+    assert sum((p["captions"] for p in parts), []) == batch["captions"]
+    assert [p["meta"]["t"].tolist() for p in parts] == [[0, 1], [2, 3], [4, 5]] and parts[1]["k"] == 3
+    assert Ranks().shard(batch) is batch
+    with pytest.raises(ValueError, match="batch size 6 is not divisible by the 4 ranks"):
+        Ranks(0, 4).shard(batch)
+    with pytest.raises(ValueError, match=r"leading sizes \[5, 6\]"):
+        Ranks(0, 2).shard({"x": torch.zeros(6), "y": [0] * 5})
 
 
 def test_run_log_keeps_rows_up_to_the_resumed_step(tmp_path):

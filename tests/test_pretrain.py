@@ -3,6 +3,11 @@ the shipped models load and pass a sanity check."""
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -249,6 +254,39 @@ def test_teacher_drawing_its_batches_in_the_step_trains_identically(tmp_path):
         rows = [json.loads(x) for x in (tmp_path / flag / "metrics.jsonl").read_text().splitlines()]
         losses[flag] = [r["loss"] for r in rows]
     assert len(losses["true"]) == 3 and losses["true"] == losses["false"]
+
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+def test_two_ranks_train_the_teacher_as_one_process(tmp_path):
+    """``torchrun --nproc_per_node 2``: each rank trains on half of every batch and the gradients are averaged, so
+    the losses and the weights equal one process's with the whole batch (up to float summation order); only rank
+    0 writes the run directory, and its card says how to launch it again."""
+    sets = [*_tiny_teacher_sets(tmp_path), "loop.log_every=1", "loop.steps=3", "loop.max_minutes=30"]
+    pretrain = [shutil.which("pairfree", path=str(Path(sys.executable).parent)), "pretrain", "teacher"]
+    args = ["--config", "configs/shapes/teacher.yaml", "--set"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    one = [*pretrain, *args, *[s.replace(str(tmp_path), str(tmp_path / "one")) for s in sets]]
+    two = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "--no-python", *pretrain, *args,
+           *[s.replace(str(tmp_path), str(tmp_path / "two")) for s in sets]]  # fmt: skip
+    for cmd in (one, two):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("model, MODEL_CARD.md") == 1  # rank 1 says nothing
+    rows = {
+        k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()] for k in ("one", "two")
+    }
+    assert [r["step"] for r in rows["two"]] == [1, 2, 3]
+    assert [r["loss"] for r in rows["two"]] == pytest.approx([r["loss"] for r in rows["one"]], rel=1e-5)
+    weights = {k: torch.load(tmp_path / k / "checkpoint.pt", weights_only=False)["model"] for k in ("one", "two")}
+    for name, w in weights["one"].items():
+        torch.testing.assert_close(weights["two"][name], w, rtol=1e-4, atol=1e-6)
+    assert (
+        "torchrun --nproc_per_node 2 --no-python pairfree pretrain teacher"
+        in (tmp_path / "two" / "model" / "MODEL_CARD.md").read_text()
+    )
 
 
 def _recorded(name):

@@ -35,6 +35,7 @@ def run_steps(
     shown: tuple[str, ...] | None = None,
     after_step: Callable[[int, float], list[dict]] | None = None,
     show_progress: bool = True,
+    stop_together: Callable[[bool], bool] | None = None,
 ) -> LoopResult:
     """Run ``step_fn(step) -> logs`` for ``step`` in ``start .. total - 1``.
 
@@ -42,7 +43,8 @@ def run_steps(
     progress display shows the keys in ``shown`` (all when None). ``save(steps_done, wall_s)`` runs every
     ``ckpt_every`` steps and once at the end. ``after_step(steps_done, wall_s)`` (evaluations, sample grids)
     returns extra rows to log; its time does not count as training time. The run stops early, after a
-    checkpoint, once the wall time passes ``max_minutes`` (0: no limit)."""
+    checkpoint, once the wall time passes ``max_minutes`` (0: no limit). With several ranks, ``stop_together(flag)``
+    must say whether any rank is past the limit, so that all stop at the same step."""
     bar = Progress(total, initial=start, desc=desc, disable=not show_progress)
     t0, excluded, logs, step, stopped = time.time(), 0.0, {}, start, False
     wall = wall_s
@@ -61,7 +63,10 @@ def run_steps(
             excluded += time.time() - e0
         if step % ckpt_every == 0 and step < total:
             save(step, wall)
-        if max_minutes and wall > max_minutes * 60 and step < total:
+        late = bool(max_minutes) and wall > max_minutes * 60
+        if stop_together is not None and max_minutes:
+            late = stop_together(late)
+        if late and step < total:
             stopped = True
             break
     bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -116,8 +117,10 @@ def command_line() -> str:
     if CLI_ARGV is not None:
         return " ".join(["pairfree", *CLI_ARGV])
     a0 = sys.argv[0] if sys.argv else ""
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # started by torchrun: say so
+    launcher = [f"torchrun --nproc_per_node {world} --no-python"] if world > 1 else []
     if a0.endswith("pairfree"):
-        return " ".join(["pairfree", *sys.argv[1:]])
+        return " ".join([*launcher, "pairfree", *sys.argv[1:]])
     package = Path(__file__).resolve().parents[1]
     try:
         parts = Path(a0).resolve().relative_to(package).with_suffix("").parts

@@ -126,6 +126,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         return loss(o, b["targets"]), {}
 
     result = train(model, source, step_loss, cfg.loop, out, resume=resume, title=name)
+    if not result["is_main"]:  # data-parallel: rank 0 exports, evaluates and writes the card
+        return {}
     final = result["ema"] or model
     plain = evaluate(final, seed, cfg.eval_items, cfg.resolution, style_prob=0.0)
     styled = evaluate(final, seed + 1, cfg.eval_items, cfg.resolution, style_prob=1.0)

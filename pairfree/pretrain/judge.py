@@ -335,6 +335,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
 
     result = train(trainee, Prefetch(batch, cfg.loop.prefetch), step_loss, cfg.loop, out, resume=resume, title=name)
     judge = trainee.judge
+    if not result["is_main"]:  # data-parallel: rank 0 exports, evaluates and writes the card
+        return {}
     final = result["ema"].judge if result["ema"] is not None else judge
     final.model.requires_grad_(False)
     metrics = evaluate(final, cfg.loop.seed, cfg.eval_items, cfg.resolution, spec)

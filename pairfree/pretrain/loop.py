@@ -3,7 +3,8 @@
 Per step it draws batch ``step`` from an index-addressable source (so a resumed run sees exactly the data an
 uninterrupted one would), takes an AdamW step at the scheduled learning rate and updates the warmed-up EMA.
 ``checkpoint.pt`` (model, EMA, optimizer, step, RNG states) is written atomically every ``ckpt_every`` steps and at
-the end; ``resume=True`` continues from it.
+the end; ``resume=True`` continues from it. Under a launcher (``torchrun --nproc_per_node N``) the ranks split each
+step's batch and average their gradients (:mod:`pairfree.engine.data_parallel`): the same steps, N× the compute.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from pairfree.device import resolve_device
+from pairfree.engine.data_parallel import join
 from pairfree.engine.loop import run_steps
 from pairfree.engine.runlog import RunLog
 from pairfree.engine.state import atomic_save, ema_update, rng_states, set_rng_states, to_device
@@ -67,7 +69,8 @@ def train(
     title: str = "training",
     eval_fn: Callable | None = None,
 ) -> dict:
-    """Train ``model`` for ``cfg.steps`` steps; returns ``{"step", "ema", "wall_s", "stopped_early"}``.
+    """Train ``model`` for ``cfg.steps`` steps; returns ``{"step", "ema", "wall_s", "stopped_early", "is_main",
+    "ranks"}`` (a rank other than the main one exports and evaluates nothing).
 
     ``batch_fn(step)`` returns the batch of that step (on the CPU); ``loss_fn(model, batch)`` returns ``(loss,
     metrics)``. The steps run on ``cfg.device`` (batches moved there); the model and its EMA come back on the CPU,
@@ -76,14 +79,15 @@ def train(
     (``ema/<name>``) with the wall minutes: the learning curve.
     """
 
-    device = resolve_device(cfg.device, "loop.device")
+    ranks, device = join(resolve_device(cfg.device, "loop.device"))
     model.to(device)
-    if device.type != "cpu":
-        print(f"{title}: training on {device}", flush=True)
+    if device.type != "cpu" or ranks.world > 1:
+        print(f"{title}: rank {ranks.rank} of {ranks.world} training on {device}", flush=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    ranks.broadcast_parameters(model)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     trained = Optimized(model, cfg.lr, cfg.betas, cfg.weight_decay, cfg.grad_clip)
@@ -100,9 +104,11 @@ def train(
             ema.load_state_dict(state["ema"])
         set_rng_states(state["rng"])
         start, wall_before = state["step"], state.get("wall_s", 0.0)
-    log = RunLog(out, resume_step=start if resume else None, title=title)
+    log = RunLog(out, resume_step=start if resume else None, enabled=ranks.is_main, title=title)
 
     def save(step, wall):
+        if not ranks.is_main:
+            return
         state = {"model": model.state_dict(), "ema": None if ema is None else ema.state_dict()}
         state.update(optimizer=trained.opt.state_dict(), rng=rng_states(), step=step, wall_s=wall, config=cfg.__dict__)
         atomic_save(state, ckpt)
@@ -111,16 +117,19 @@ def train(
         model.train()
         lr = cfg.lr * lr_factor(step, cfg)
         trained.set_lr(lr)
-        loss, metrics = loss_fn(model, to_device(batch_fn(step), device))
+        batch = ranks.shard(batch_fn(step), f"{title}: batch of step {step}")
+        loss, metrics = loss_fn(model, to_device(batch, device))
         trained.backward(loss)
+        ranks.average_gradients(trained.params)
         gnorm = trained.clip_and_norm() if cfg.grad_clip else 0.0
         trained.step()
         if ema is not None:
             ema_update(ema, model, step, cfg.ema)
-        return {"loss": loss.item(), "grad_norm": gnorm, "lr": lr, **metrics}
+        logs = {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+        return {**ranks.mean(logs), "grad_norm": gnorm, "lr": lr}
 
     def curve(step, wall):  # the learning curve of the raw weights and the EMA
-        if eval_fn is None or not cfg.eval_every or step % cfg.eval_every:
+        if eval_fn is None or not cfg.eval_every or step % cfg.eval_every or not ranks.is_main:
             return []
         row = {"step": step, "minutes": wall / 60}
         for tag, m in (("raw", model), ("ema", ema)):
@@ -132,10 +141,15 @@ def train(
         result = run_steps(
             step_fn, start, cfg.steps, log, save, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
             max_minutes=cfg.max_minutes, wall_s=wall_before, desc=title, shown=("loss",), after_step=curve,
+            show_progress=ranks.is_main, stop_together=ranks.any,
         )  # fmt: skip
     finally:
         log.close()
+    ranks.close()
     model.to("cpu")
     if ema is not None:
         ema.to("cpu")
-    return {"step": result.step, "ema": ema, "wall_s": result.wall_s, "stopped_early": result.stopped_early}
+    return {
+        "step": result.step, "ema": ema, "wall_s": result.wall_s, "stopped_early": result.stopped_early,
+        "is_main": ranks.is_main, "ranks": ranks.world,
+    }  # fmt: skip

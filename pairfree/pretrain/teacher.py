@@ -17,6 +17,7 @@ import torch
 
 from pairfree import pretrained
 from pairfree.config import ConfigError, from_dict
+from pairfree.engine.data_parallel import launched
 from pairfree.flow import add_noise, logit_normal_t, shift_time, velocity_target
 from pairfree.models.bundle import FlowModel
 from pairfree.models.dit import DiT, DiTConfig
@@ -215,7 +216,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     # at low and mid t, which a large shift starves (the SDEdit probe in docs/experiments/lite-world.md).
     t_shift = cfg.model.get("t_shift", 1.0)
     shifts = [float(v) for v in t_shift] if isinstance(t_shift, list) else [float(t_shift)]
-    on_device = cfg.model.get("render_on_device", False)  # draw the images where the model trains (a GPU)
+    # draw the images where the model trains (a GPU), or each rank its own share (several ranks)
+    on_device = cfg.model.get("render_on_device", False) or launched()
 
     def batch(step):
         js = list(range(step * cfg.batch, (step + 1) * cfg.batch))
@@ -255,6 +257,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     result = train(
         teacher, Prefetch(batch, cfg.loop.prefetch), step_loss, cfg.loop, out, resume=resume, title=name, eval_fn=curve
     )
+    if not result["is_main"]:  # data-parallel: rank 0 exports, evaluates and writes the card
+        return {}
     final = result["ema"] or teacher
     export = out / "model"
     export.mkdir(parents=True, exist_ok=True)

@@ -396,6 +396,7 @@ class EditorTrainer:
                 self.train_step, self.step, total if stop_after is None else min(total, stop_after), log, save,
                 log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, max_minutes=cfg.max_minutes, wall_s=self.wall,
                 desc="pairfree train", shown=SHOWN, after_step=samples, show_progress=self.is_main,
+                stop_together=lambda late: not self.strategy.all_true(not late),
             )  # fmt: skip
         finally:
             log.close()
