@@ -4,6 +4,7 @@ periodic plain lines in a log)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,13 @@ def run_steps(
     save(step, wall)
     log.plot()
     return LoopResult(step, wall, stopped, logs)
+
+
+def cosine_decay(step: int, total: int, min_ratio: float) -> float:
+    """The learning-rate factor ``step`` steps into a cosine decay from 1 to ``min_ratio`` over ``total`` steps
+    (``min_ratio`` from then on)."""
+    progress = min(1.0, step / max(1, total))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _number(v) -> bool:

@@ -10,7 +10,6 @@ step's batch and average their gradients (:mod:`pairfree.engine.data_parallel`):
 from __future__ import annotations
 
 import copy
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 
 from pairfree.device import resolve_device
 from pairfree.engine.data_parallel import join
-from pairfree.engine.loop import run_steps
+from pairfree.engine.loop import cosine_decay, run_steps
 from pairfree.engine.runlog import RunLog
 from pairfree.engine.state import atomic_save, ema_update, rng_states, set_rng_states, to_device
 from pairfree.engine.strategy import Optimized
@@ -55,8 +54,7 @@ def lr_factor(step: int, cfg: LoopConfig) -> float:
         return 1.0
     if cfg.decay != "cosine":
         raise ValueError(f"LoopConfig.decay: expected 'cosine' or 'constant', got {cfg.decay!r}")
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cosine_decay(step - cfg.warmup, cfg.steps - cfg.warmup, cfg.min_lr_ratio)
 
 
 def train(

@@ -106,6 +106,14 @@ class OptimConfig:
     critic_lr: float = 2e-5
     critic_updates: int = 5  # N_aux critic updates per generator update
     warmup_lr: float = 1e-4  # stage 0 (reference copy)
+    # stage 1's lr: "constant", or "cosine" from lr to min_lr_ratio × lr over the `steps` editing steps (set
+    # `steps` to what fits the time limit, or the decay is cut off)
+    decay: str = "constant"
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.decay not in ("constant", "cosine"):
+            raise ValueError(f"optim.decay: expected 'constant' or 'cosine', got {self.decay!r}")
 
 
 @dataclass

@@ -34,7 +34,7 @@ from pairfree.config import to_dict
 from pairfree.data.dataset import JsonlEditorDataset
 from pairfree.edit import EditPipeline, edit_images
 from pairfree.engine import precision
-from pairfree.engine.loop import run_steps
+from pairfree.engine.loop import cosine_decay, run_steps
 from pairfree.engine.runlog import RunLog, plot_series
 from pairfree.engine.state import atomic_save, ema_update
 from pairfree.engine.strategy import Strategy
@@ -350,6 +350,13 @@ class EditorTrainer:
             self.data.skipped.update(json.loads(self.skipped_images_path().read_text()))
 
     # ------------------------------------------------------------------------------------------- run ---
+    def edit_lr(self, step: int) -> float:
+        """The generator's learning rate at editing step ``step`` (counted from the run's start)."""
+        oc = self.cfg.optim
+        if oc.decay == "constant":
+            return oc.lr
+        return oc.lr * cosine_decay(step - self.cfg.copy_steps, self.cfg.steps, oc.min_lr_ratio)
+
     def train_step(self, step: int) -> dict:
         """One generator update (stage 0: copy; stage 1: editing), logs averaged over ranks."""
         cfg = self.cfg
@@ -357,7 +364,7 @@ class EditorTrainer:
             self.gen.set_lr(cfg.optim.warmup_lr)
             logs = {"stage": "copy", **self.copy_step(step)}
         else:
-            self.gen.set_lr(cfg.optim.lr)
+            self.gen.set_lr(self.edit_lr(step))
             logs = {"stage": "edit", **self.edit_step(step)}
         self.step = step + 1
         average = lambda k, v: v if k in RANK_INVARIANT or isinstance(v, str) else self.strategy.all_mean(v)

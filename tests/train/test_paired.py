@@ -1,6 +1,7 @@
 """The supervised yardstick (``pairfree.train.paired``): its stage 1 is the flow loss toward the ground-truth edit."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -63,3 +64,20 @@ def test_paired_cli_trains_and_marks_its_model(tiny_models, tmp_path, capsys):
     record = json.loads((tmp_path / "model" / "train.json").read_text())
     assert record["trainer"] == "paired" and record["edit_steps"] == 3
     assert "paired (supervised) editor" in capsys.readouterr().out
+
+
+def test_cosine_decay_lowers_the_editing_lr_to_its_floor_over_the_editing_steps(tiny_models, tmp_path):
+    """``optim.decay: cosine``: the copy stage keeps ``warmup_lr``; editing step i of n uses
+    lr · (m + (1 − m) · (1 + cos(π i / n)) / 2) — read back from the optimizer during a run."""
+    sets = tiny_overrides(tiny_models, tmp_path, steps=4, **{"optim.decay": "cosine", "optim.min_lr_ratio": 0.1})
+    cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", sets)
+    trainer = PairedTrainer(cfg, load_models(cfg.models))
+    seen = []
+    step_once = trainer.update
+    trainer.update = lambda *a, **k: seen.append(trainer.gen.optimizer.param_groups[0]["lr"]) or step_once(*a, **k)
+    trainer.train()
+    lr, m = cfg.optim.lr, 0.1
+    expected = [cfg.optim.warmup_lr] * 2 + [lr * (m + (1 - m) * (1 + math.cos(math.pi * i / 4)) / 2) for i in range(4)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="optim.decay: expected 'constant' or 'cosine', got 'linear'"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", [*sets, "optim.decay=linear"])
