@@ -67,8 +67,8 @@ def train(
     title: str = "training",
     eval_fn: Callable | None = None,
 ) -> dict:
-    """Train ``model`` for ``cfg.steps`` steps; returns ``{"step", "ema", "wall_s", "stopped_early", "is_main",
-    "ranks"}`` (a rank other than the main one exports and evaluates nothing).
+    """Train ``model`` for ``cfg.steps`` steps; returns ``{"step", "ema", "wall_s", "stopped_early",
+    "is_main"}`` (a rank other than the main one exports and evaluates nothing).
 
     ``batch_fn(step)`` returns the batch of that step (on the CPU); ``loss_fn(model, batch)`` returns ``(loss,
     metrics)``. The steps run on ``cfg.device`` (batches moved there); the model and its EMA come back on the CPU,
@@ -149,5 +149,5 @@ def train(
         ema.to("cpu")
     return {
         "step": result.step, "ema": ema, "wall_s": result.wall_s, "stopped_early": result.stopped_early,
-        "is_main": ranks.is_main, "ranks": ranks.world,
+        "is_main": ranks.is_main,
     }  # fmt: skip
