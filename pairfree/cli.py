@@ -56,11 +56,13 @@ def _world_bench(args) -> int:
     from pairfree.world.spec import get_spec
 
     spec = get_spec(args.spec)
-    out = save_bench(args.out, n_per_type=args.n_per_type, seed=args.seed, resolution=args.resolution, spec=spec)
+    out = save_bench(
+        args.out, args.n_per_type, args.seed, args.resolution, spec=spec, templates=args.templates
+    )
     r = args.resolution or spec.resolution
     print(
         f"wrote {out}/cases.jsonl, tensors.safetensors, manifest.json (world {spec.name!r}: "
-        f"{args.n_per_type} cases x 8 edit types at {r}x{r}, held-out templates)"
+        f"{args.n_per_type} cases x 8 edit types at {r}x{r}, {args.templates} templates)"
     )
     return 0
 
@@ -214,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=None, help="image side (default: the spec's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spec", default="lite", help=SPEC_HELP)
+    p.add_argument(
+        "--templates",
+        choices=("heldout", "train"),
+        default="heldout",
+        help="instruction wording: held-out (the benchmark) or the training phrasings (a diagnostic)",
+    )
     p.set_defaults(fn=_world_bench)
     p = world.add_parser("bars", help="the world's calibration bars, read from the shipped models' metrics files")
     p.add_argument("--spec", default="lite", help=SPEC_HELP)

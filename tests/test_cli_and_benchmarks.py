@@ -86,6 +86,19 @@ def test_dit_block_benchmark_quick(tmp_path):
     assert (tmp_path / "dit_block_quick_cpu.json").is_file()
 
 
+def test_depthwise_conv_benchmark_quick(tmp_path):
+    """Both memory formats compute the same conv (checked inside) and each gets a forward and a backward row."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from benchmarks import depthwise_conv as bench
+
+    rows = bench.main(["--quick", "--out", str(tmp_path)])
+    assert {(r["provider"], r["mode"]) for r in rows} == {
+        (p, m) for p in ("nchw", "channels_last") for m in ("forward", "fwd+bwd")
+    }
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert (tmp_path / "depthwise_conv_quick_cpu.json").is_file()
+
+
 def test_world_sample_writes_grid(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["world", "sample", "--n", "5", "--out", str(out), "--resolution", "64", "--seed", "3"]) == 0

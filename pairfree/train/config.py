@@ -155,8 +155,13 @@ class DataConfig:
     image_root: str = ""  # jsonl: the folder the records' image paths are relative to (default: the file's folder)
     min_side: int = 16  # jsonl: images smaller than this (pixels, either side) are skipped, counted and listed
     do_nothing: str = "the same image as the original"  # the "do nothing" instruction (loss.do_nothing_prob)
+    # probability that each word of the instruction the generator reads is hidden (the unknown token) in training:
+    # robustness to wording never trained on (pairfree.data.augment; the judge always reads the clean instruction)
+    word_dropout: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"data.word_dropout: expected a probability in [0, 1), got {self.word_dropout}")
         if self.source not in ("world", "jsonl"):
             raise ValueError(f"data.source: expected 'world' or 'jsonl', got {self.source!r}")
         if self.source == "jsonl" and not self.path:

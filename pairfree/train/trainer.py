@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from pairfree.config import to_dict
+from pairfree.data.augment import UNKNOWN, drop_words
 from pairfree.data.dataset import JsonlEditorDataset
 from pairfree.edit import EditPipeline, edit_images
 from pairfree.engine import precision
@@ -149,13 +150,27 @@ class EditorTrainer:
         idx = [self.data.global_index(j) for j in range(step * b, (step + 1) * b)]
         return [seeded(self.cfg.seed, "train", i, self.device) for i in idx]
 
+    def conditioning(self, instructions: list[str], step: int) -> list[str]:
+        """The instructions of batch ``step`` as the generator reads them in training: with ``data.word_dropout``,
+        each word hidden behind the tokenizer's unknown token (seeded by the sample's global index)."""
+        p = self.cfg.data.word_dropout
+        if not p:
+            return instructions
+        unknown = getattr(getattr(self.gen.module.text, "tokenizer", None), "unk_token", None) or UNKNOWN
+        b = self.cfg.batch
+        return [
+            drop_words(text, p, f"words/{self.cfg.seed}/{self.data.global_index(step * b + j)}", unknown)
+            for j, text in enumerate(instructions)
+        ]
+
     # ---------------------------------------------------------------------------------- stage 0: copy ---
     def copy_step(self, step: int) -> dict:
         """Reference-copy warm-up: the flow loss toward x0 = the reference itself, given the instruction."""
         items, gens = self.batch(step), self.generators(step)
         ref = self.encode(torch.stack([it["image"] for it in items]))
+        instructions = self.conditioning([it["instruction"] for it in items], step)
         with self.autocast():
-            loss = flow_loss(self.gen.module, ref, [it["instruction"] for it in items], gens, reference=ref)
+            loss = flow_loss(self.gen.module, ref, instructions, gens, reference=ref)
         return self.update(loss, {"copy": loss.item()})
 
     # ----------------------------------------------------------------------------- stage 1: editing ---
@@ -198,6 +213,7 @@ class EditorTrainer:
         images = torch.stack([it["image"] for it in items]).to(self.device)
         nothing = per_sample_rand(gens, self.device) < lc.do_nothing_prob
         instructions = [cfg.data.do_nothing if n else it["instruction"] for it, n in zip(items, nothing.tolist())]
+        instructions = self.conditioning(instructions, step)
 
         # 1. unrolled few-step sampling with gradients through every step
         k = self.random_k("train", -1 - step)

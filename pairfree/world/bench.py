@@ -53,13 +53,15 @@ def save_bench(
     resolution: int | None = None,
     command: str | None = None,
     spec: WorldSpec = DEFAULT,
+    templates: str = "heldout",
 ) -> Path:
     """Build the benchmark of world ``spec`` (at ``resolution``, default the spec's) and write it to directory
-    ``out`` (each file atomically). Returns ``out``."""
+    ``out`` (each file atomically). Returns ``out``. ``templates="train"`` words the same held-out scenes and edits
+    with the training phrasings: a diagnostic that separates learning an edit from reading unseen wording."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     resolution = resolution or spec.resolution
-    edits = build_bench(n_per_type, seed, spec=spec)
+    edits = build_bench(n_per_type, seed, templates=templates, spec=spec)
     inputs, targets, masks = render_edits(edits, resolution)
     to_u8 = lambda t: (t * 255).round().to(torch.uint8).contiguous()
     lines = []
@@ -85,7 +87,7 @@ def save_bench(
         "world": spec.to_dict(),
         "types": list(EDIT_TYPES),
         "cases": len(edits),
-        "templates": "heldout",
+        "templates": templates,
         "command": command or " ".join(["pairfree"] + sys.argv[1:]),
     }
     _atomic_write(out / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pairfree.config import load_config
+from pairfree.data.augment import drop_words
 from pairfree.flow import few_step_schedule
 from pairfree.train.config import TrainConfig
 from pairfree.train.losses import flow_loss
@@ -37,6 +38,43 @@ def test_paired_step_is_the_flow_loss_toward_the_true_edit(tiny_models, tmp_path
     logs = trainer.edit_step(step)
     assert logs["paired"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
     assert abs(expected - copy) > 1e-6  # the target, not the source, is what it is pulled toward
+
+
+def test_word_dropout_hides_words_from_the_generator_only(tiny_models, tmp_path):
+    """With ``data.word_dropout`` the paired loss is the flow loss under the instructions with words hidden by the
+    tokenizer's unknown token; the items (and so the judge's questions) keep the clean instruction."""
+    sets = tiny_overrides(tiny_models, tmp_path, **{"data.word_dropout": 0.5, "batch": 6})
+    cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", sets)
+    trainer = PairedTrainer(cfg, load_models(cfg.models))
+    step = cfg.copy_steps
+    edits = [trainer.data.example(trainer.data.global_index(j))[0] for j in range(step * 6, (step + 1) * 6)]
+    clean = [e.instruction for e in edits]
+    seen = trainer.conditioning(clean, step)
+    assert seen == trainer.conditioning(clean, step)  # seeded
+    words = [(c, s) for a, b in zip(clean, seen) for c, s in zip(a.split(), b.split(), strict=True)]
+    hidden = sum(s == "[UNK]" for _, s in words)
+    assert 0 < hidden < len(words) and all(s in (c, "[UNK]") for c, s in words)
+    unk = trainer.gen.module.text.tokenizer.unk_token_id
+    assert (trainer.gen.module.text.tokenizer(seen[0])["input_ids"].count(unk)) == seen[0].split().count("[UNK]")
+    sources, targets, _ = render_edits(edits, cfg.models.resolution)
+    gen = trainer.gen.module
+    with torch.no_grad():
+        ts = few_step_schedule(cfg.sampler.steps, cfg.sampler.shift)
+        expected = flow_loss(gen, targets * 2 - 1, seen, trainer.generators(step), sources * 2 - 1, t_values=ts)
+    assert trainer.edit_step(step)["paired"] == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    assert [it["instruction"] for it in trainer.batch(step)] == [
+        trainer.data.example(trainer.data.global_index(j))[0].instruction for j in range(step * 6, (step + 1) * 6)
+    ]
+
+
+def test_drop_words_rate_and_bounds():
+    text = " ".join(f"w{i}" for i in range(4000))
+    assert drop_words(text, 0.0, 1) == text
+    out = drop_words(text, 0.3, 1).split()
+    assert len(out) == 4000 and abs(out.count("[UNK]") / 4000 - 0.3) < 0.03  # binomial sd 0.007
+    assert out == drop_words(text, 0.3, 1).split() != drop_words(text, 0.3, 2).split()
+    with pytest.raises(ValueError, match="probability"):
+        drop_words(text, 1.0, 0)
 
 
 def test_flow_loss_t_values_draws_only_the_sampler_timesteps():

@@ -1,6 +1,7 @@
 """World datasets: deterministic, rank-sharded, balanced; the editor dataset never carries the ground truth;
 the benchmark set round-trips from disk byte for byte; VQA answers agree with the scene records."""
 
+import json
 import re
 
 import pytest
@@ -18,7 +19,7 @@ from pairfree.world.datasets import (
     collate_vqa,
     item_seed,
 )
-from pairfree.world.edits import EDIT_TYPES, EditError, render_edits
+from pairfree.world.edits import EDIT_TYPES, TEMPLATES, EditError, render_edits
 from pairfree.world.vqa import pair_question, single_question
 
 
@@ -128,6 +129,22 @@ def test_bench_round_trip_is_byte_identical(tmp_path):
     assert torch.equal(bench.targets, (targets * 255).round() / 255)
     train_instr = {EditorDataset(200)[j]["instruction"] for j in range(200)}
     assert not train_instr & {e.instruction for e in bench.edits}
+
+
+def test_bench_with_training_templates_words_the_same_edits_differently(tmp_path):
+    held = load_bench(save_bench(tmp_path / "h", n_per_type=4, seed=0, command="test"))
+    seen = load_bench(save_bench(tmp_path / "t", n_per_type=4, seed=0, command="test", templates="train"))
+    assert torch.equal(held.inputs, seen.inputs) and torch.equal(held.targets, seen.targets)
+    assert [e.params for e in held.edits] == [e.params for e in seen.edits]
+    def wording(templates):  # each template as a regex, its fields as wildcards
+        return [re.sub(r"\\{\w+\\}", ".+", re.escape(t)) for forms in templates.values() for t in forms]
+
+    train, heldout = wording(TEMPLATES["train"]), wording(TEMPLATES["heldout"])
+    for h, t in zip(held.edits, seen.edits):
+        assert any(re.fullmatch(w, t.instruction) for w in train), t.instruction
+        assert not any(re.fullmatch(w, h.instruction) for w in train), h.instruction
+        assert any(re.fullmatch(w, h.instruction) for w in heldout), h.instruction
+    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["templates"] == "train"
 
 
 def test_bench_load_errors_name_the_file(tmp_path):

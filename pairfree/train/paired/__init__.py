@@ -40,7 +40,7 @@ class PairedTrainer(EditorTrainer):
             loss = flow_loss(
                 self.gen.module,
                 target,
-                [e.instruction for e in edits],
+                self.conditioning([e.instruction for e in edits], step),
                 self.generators(step),
                 reference=source,
                 t_values=few_step_schedule(self.cfg.sampler.steps, self.cfg.sampler.shift),

@@ -1,0 +1,24 @@
+"""Instruction word dropout: each word of the instruction the generator reads is replaced by the tokenizer's
+unknown token with probability ``p`` (training only; the judge's questions quote the clean instruction).
+
+Why: a small text encoder trained from scratch has no language prior. A benchmark worded with phrasings it never
+trained on (the shapes world's held-out templates) hands it words whose embeddings never moved from their
+initialisation, and the generator follows them as if they meant something. Trained with some words hidden, it
+learns to act on the words that carry the edit (colours, shapes, places) and to treat the rest as noise.
+"""
+
+from __future__ import annotations
+
+import random
+
+UNKNOWN = "[UNK]"  # the world tokenizer's unknown token (pairfree.models.tokenizer.SPECIAL_TOKENS)
+
+
+def drop_words(text: str, p: float, seed: int | str, unknown: str = UNKNOWN) -> str:
+    """``text`` with each whitespace-separated word replaced by ``unknown`` with probability ``p`` (seeded)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"word dropout: expected a probability in [0, 1), got {p}")
+    if p == 0.0:
+        return text
+    rng = random.Random(seed)
+    return " ".join(unknown if rng.random() < p else w for w in text.split())
