@@ -135,14 +135,20 @@ class GRPOConfig:
 
 @dataclass
 class DistributedConfig:
-    """Used under the ``deepspeed`` launcher only."""
+    """Used when a launcher starts several ranks: ``backend: deepspeed`` (the ``deepspeed`` launcher; ZeRO engines)
+    or ``torch`` (``torchrun``; plain data parallelism, whole models on every rank: the faster one on CPUs)."""
 
+    backend: str = "deepspeed"
     zero_stage: int = 3  # generator and critic engines: 2 or 3
     frozen: str = "replicate"  # teacher and judge: "replicate" or "zero3" (ZeRO-3 inference engines)
     bf16: bool = True  # on GPU
     # a DeepSpeed JSON (configs/paper/ds_*.json) whose settings (communication, offload, ...) every engine starts
     # from; batch size, ZeRO stage, clipping and bf16 are then set from this config
     deepspeed_config: str = ""
+
+    def __post_init__(self):
+        if self.backend not in ("deepspeed", "torch"):
+            raise ValueError(f"distributed.backend: expected 'deepspeed' or 'torch', got {self.backend!r}")
 
 
 @dataclass

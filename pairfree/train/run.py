@@ -11,6 +11,7 @@ import torch
 from pairfree.config import add_run_arguments, load_config
 from pairfree.data.records import read_records
 from pairfree.device import resolve_device
+from pairfree.engine.data_parallel import DataParallelStrategy, join
 from pairfree.train.config import TrainConfig
 from pairfree.train.distributed import build_distributed_trainer
 from pairfree.train.grpo import GRPOTrainer
@@ -37,18 +38,24 @@ def train(args, trainer: str | None = None) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = None if distributed else resolve_device(cfg.device)  # under deepspeed each rank takes its own GPU
+    deepspeed = distributed and cfg.distributed.backend == "deepspeed"
+    device = None if deepspeed else resolve_device(cfg.device)  # under deepspeed each rank takes its own GPU
     if cfg.data.source == "jsonl":
         read_records(cfg.data.path)  # a bad file fails here, before minutes of model loading
     trainer_cls = TRAINERS[cfg.trainer]
     models = load_models(cfg.models, critic=cfg.loss.uses_critic, world=get_spec(cfg.world))
-    if distributed:
+    if deepspeed:
         trainer = build_distributed_trainer(cfg, models, trainer_cls)
+    elif distributed:  # torchrun: plain data parallelism
+        ranks, device = join(device)
+        trainer = trainer_cls(cfg, models.to(device), strategy=DataParallelStrategy(ranks))
     else:
         trainer = trainer_cls(cfg, models.to(device))
         if trainer.is_main:
             print(f"training on {device}")
     logs = trainer.train(resume=args.resume)
+    if distributed and not deepspeed:
+        trainer.strategy.ranks.close()
     if trainer.is_main:
         print(json.dumps({"step": trainer.step, "skipped": trainer.skipped, **logs}, indent=1, sort_keys=True))
         print(f"{what} in {cfg.out}/model; metrics.jsonl, loss.png and samples/ in {cfg.out}")

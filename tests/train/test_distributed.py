@@ -71,3 +71,44 @@ def test_deepspeed_resume_continues_identically(tiny_models, tmp_path):
     full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     cut = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in cut] == [1, 2, 3, 4, 5] and cut == full
+
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+
+
+def _torchrun(sets, resume=False):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "--no-python",
+           shutil.which("pairfree", path=str(Path(sys.executable).parent)), "train",
+           "--config", "configs/shapes/editor.yaml", *(["--resume"] if resume else []), "--set", *sets]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+@pytest.mark.parametrize("trainer", ["pair-free", "paired"])
+def test_torchrun_two_ranks_match_single_process_and_resume(tiny_models, tmp_path, trainer):
+    """``distributed.backend: torch`` under ``torchrun``: batch B per rank, gradients averaged, == one process with
+    batch 2B (copy, editing and critic updates); a run stopped after step 3 and resumed logs what the
+    uninterrupted one did; rank 0 alone writes the run directory."""
+    common = {"loss.do_nothing_prob": 0.0, "distributed.backend": "torch", "trainer": trainer, "threads": 1}
+    proc = _torchrun(tiny_overrides(tiny_models, tmp_path / "two", batch=2, **common))
+    assert proc.stdout.count("editor in ") == 1  # rank 1 says nothing
+    assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set",
+                *tiny_overrides(tiny_models, tmp_path / "one", batch=4, **common)]) == 0  # fmt: skip
+    rows = {k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()] for k in ("two", "one")}
+    assert [r["step"] for r in rows["two"]] == [1, 2, 3, 4, 5]
+    for a, b in zip(rows["two"], rows["one"]):
+        assert a.keys() == b.keys()
+        for k in ("loss", "grad_norm", "copy", "paired", "vlm", "dmd", "critic", "p_verify", "p_identity"):
+            if k in a:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (k, a, b)
+    _torchrun(tiny_overrides(tiny_models, tmp_path / "cut", batch=2, **{**common, "steps": 1}))
+    _torchrun(tiny_overrides(tiny_models, tmp_path / "cut", batch=2, **common), resume=True)
+    cut = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5]
+    for a, b in zip(cut, rows["two"]):
+        for k in ("loss", "grad_norm", "copy", "paired", "vlm", "dmd", "critic"):
+            if k in a:
+                assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-8), (k, a, b)
