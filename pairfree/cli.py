@@ -56,9 +56,7 @@ def _world_bench(args) -> int:
     from pairfree.world.spec import get_spec
 
     spec = get_spec(args.spec)
-    out = save_bench(
-        args.out, args.n_per_type, args.seed, args.resolution, spec=spec, templates=args.templates
-    )
+    out = save_bench(args.out, args.n_per_type, args.seed, args.resolution, spec=spec, templates=args.templates)
     r = args.resolution or spec.resolution
     print(
         f"wrote {out}/cases.jsonl, tensors.safetensors, manifest.json (world {spec.name!r}: "

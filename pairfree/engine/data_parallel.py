@@ -1,8 +1,8 @@
 """Data parallelism for the pretraining loops and the editor's trainers under ``torchrun``: every rank holds the
 whole model and optimizer, trains on its share of each step's batch, and the gradients are averaged before the
-update — so N ranks take the same steps as one process with the whole batch. The process group is the one a launcher describes in the environment
-(``torchrun --nproc_per_node N``, or ``deepspeed``): gloo on CPUs (two CPU processes train ~1.9× the examples per
-second of one two-thread process on a small model), NCCL on GPUs.
+update — so N ranks take the same steps as one process with the whole batch. The process group is the one a
+launcher describes in the environment (``torchrun --nproc_per_node N``, or ``deepspeed``): gloo on CPUs (two CPU
+processes train ~1.9× the examples per second of one two-thread process on a small model), NCCL on GPUs.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ class DataParallelOptimized(Optimized):
 class DataParallelStrategy(Strategy):
     """Plain data parallelism for the editor's trainers under ``torchrun`` (``distributed.backend: torch``): whole
     models and optimizers on every rank, gradients averaged, rank 0 writes the run directory. On CPUs it is the
-    way to use several cores (two one-thread processes train ~2× the examples per second of one process, where
-    DeepSpeed's CPU engines were slower than one process on the lite yardstick)."""
+    way to use several cores (on the lite yardstick two one-thread ranks train 1.6× the examples per second of one
+    process, where DeepSpeed's CPU engines were slower than one process)."""
 
     def __init__(self, ranks: Ranks):
         self.ranks = ranks

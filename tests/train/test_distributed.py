@@ -97,7 +97,9 @@ def test_torchrun_two_ranks_match_single_process_and_resume(tiny_models, tmp_pat
     assert proc.stdout.count("editor in ") == 1  # rank 1 says nothing
     assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set",
                 *tiny_overrides(tiny_models, tmp_path / "one", batch=4, **common)]) == 0  # fmt: skip
-    rows = {k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()] for k in ("two", "one")}
+    rows = {
+        k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()] for k in ("two", "one")
+    }
     assert [r["step"] for r in rows["two"]] == [1, 2, 3, 4, 5]
     for a, b in zip(rows["two"], rows["one"]):
         assert a.keys() == b.keys()

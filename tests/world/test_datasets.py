@@ -136,6 +136,7 @@ def test_bench_with_training_templates_words_the_same_edits_differently(tmp_path
     seen = load_bench(save_bench(tmp_path / "t", n_per_type=4, seed=0, command="test", templates="train"))
     assert torch.equal(held.inputs, seen.inputs) and torch.equal(held.targets, seen.targets)
     assert [e.params for e in held.edits] == [e.params for e in seen.edits]
+
     def wording(templates):  # each template as a regex, its fields as wildcards
         return [re.sub(r"\\{\w+\\}", ".+", re.escape(t)) for forms in templates.values() for t in forms]
 
