@@ -160,3 +160,6 @@ class DataParallelStrategy(Strategy):
 
     def all_mean(self, value: float) -> float:
         return self.ranks.mean({"value": value})["value"]
+
+    def close(self) -> None:
+        self.ranks.close()

@@ -120,3 +120,6 @@ class Strategy:
         """Restore the trained models and their optimizers."""
         for name, t in trained.items():
             t.load_state_dict(states[name])
+
+    def close(self) -> None:
+        """Leave the process group this strategy joined (nothing for one process or DeepSpeed's engines)."""

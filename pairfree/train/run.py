@@ -54,8 +54,7 @@ def train(args, trainer: str | None = None) -> int:
         if trainer.is_main:
             print(f"training on {device}")
     logs = trainer.train(resume=args.resume)
-    if distributed and not deepspeed:
-        trainer.strategy.ranks.close()
+    trainer.strategy.close()
     if trainer.is_main:
         print(json.dumps({"step": trainer.step, "skipped": trainer.skipped, **logs}, indent=1, sort_keys=True))
         print(f"{what} in {cfg.out}/model; metrics.jsonl, loss.png and samples/ in {cfg.out}")
