@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/world/edits.png")
     p.add_argument("--resolution", type=int, default=None, help="image side (default: the spec's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--templates", choices=("train", "heldout"), default="train")
+    p.add_argument("--templates", choices=("train", "heldout", "unseen"), default="train")
     p.add_argument("--spec", default="lite", help=SPEC_HELP)
     p.set_defaults(fn=_world_edits)
     p = world.add_parser("bench", help="write the fixed editing benchmark (inputs, instructions, GT, masks)")
@@ -216,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", default="lite", help=SPEC_HELP)
     p.add_argument(
         "--templates",
-        choices=("heldout", "train"),
+        choices=("heldout", "train", "unseen"),
         default="heldout",
-        help="instruction wording: held-out (the benchmark) or the training phrasings (a diagnostic)",
+        help="instruction wording: held-out phrasings of trained words (the benchmark); diagnostics: the training "
+        "phrasings, or words never trained (unseen)",
     )
     p.set_defaults(fn=_world_bench)
     p = world.add_parser("bars", help="the world's calibration bars, read from the shipped models' metrics files")

@@ -143,6 +143,13 @@ class DeepSpeedStrategy(Strategy):
             t.engine.load_checkpoint(str(path), tag="last")
             t.keep_config_hyperparameters()
 
+    def close(self) -> None:
+        """Leave the launcher's process group together: a rank that exits while another still tears down its
+        gloo threads can abort ("terminate called without an active exception", seen once in a 2-rank CPU test)."""
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def init_distributed():
     """Join the launcher's process group; returns this rank's device and whether it is a GPU."""

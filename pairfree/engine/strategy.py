@@ -122,4 +122,4 @@ class Strategy:
             t.load_state_dict(states[name])
 
     def close(self) -> None:
-        """Leave the process group this strategy joined (nothing for one process or DeepSpeed's engines)."""
+        """Leave the process group this strategy joined (nothing for one process)."""

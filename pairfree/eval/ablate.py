@@ -36,6 +36,8 @@ class Row:
     what: str
     overrides: tuple[str, ...] = ()
     trainer: str = "pairfree"  # "pairfree" (EditorTrainer) or "paired" (the supervised yardstick)
+    given: str = ""  # a model evaluated as it is, not trained (``--sft``)
+    config: str = ""  # its own YAML config instead of the table's (``--grpo-config``)
 
 
 def rows_for(cfg: TrainConfig) -> list[Row]:
@@ -58,14 +60,22 @@ def rows_for(cfg: TrainConfig) -> list[Row]:
     ]
 
 
-def rl_rows_for(cfg: TrainConfig) -> list[Row]:
+def rl_rows_for(cfg: TrainConfig, sft_model: str = "", grpo_config: str = "") -> list[Row]:
     """The paper's RL comparison at an equal generator-update budget: the supervised yardstick (SFT), then from
     its model Flow-GRPO with the judge as reward, or NP-Edit; and NP-Edit from the copy warm-up.
-    ``{out}``/``{seed}`` in an override are the ablation's ``--out`` and the row's seed."""
-    sft = "models.generator={out}/supervised/seed{seed}/model"
+    ``{out}``/``{seed}`` in an override are the ablation's ``--out`` and the row's seed. ``sft_model``: an SFT
+    model trained beforehand (as the paper's is), evaluated as the ``supervised`` row instead of training one.
+    ``grpo_config``: Flow-GRPO's own config (its learning rate, batch and group; configs/lite/grpo.yaml) instead
+    of the NP-Edit config with ``trainer=grpo``."""
+    sft = f"models.generator={sft_model or '{out}/supervised/seed{seed}/model'}"
     return [
-        Row("supervised", "supervised yardstick (SFT, told the answer)", trainer="paired"),
-        Row("supervised_grpo", "SFT, then Flow-GRPO (judge reward)", (sft, "copy_steps=0", "trainer=grpo")),
+        Row("supervised", "supervised yardstick (SFT, told the answer)", trainer="paired", given=sft_model),
+        Row(
+            "supervised_grpo",
+            "SFT, then Flow-GRPO (judge reward)",
+            (sft, "copy_steps=0", "trainer=grpo"),
+            config=grpo_config,
+        ),
         Row("supervised_npedit", "SFT, then NP-Edit (the config as given)", (sft, "copy_steps=0")),
         Row("npedit", "NP-Edit from the copy warm-up (the config as given)"),
     ]
@@ -84,6 +94,7 @@ def train_command(config: str, sets: list[str], row: Row, resume: bool = False) 
 
 def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench: str) -> dict:
     """Train (or resume, or read back) one (row, seed) and evaluate it; returns its metrics and commands."""
+    config = row.config or config
     run = out / row.name / f"seed{seed}"
     sets = [*base, *(o.format(out=out, seed=seed) for o in row.overrides), f"out={run}", f"seed={seed}"]
     record = run / "row.json"
@@ -91,7 +102,13 @@ def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench:
         train_command(config, sets, row),
         f"pairfree eval --model {run}/model --bench {bench} --out {run}/eval --baselines ''",
     ]
-    if not record.is_file():
+    if row.given:
+        made = Path(row.given) / "train.json"
+        commands[0] = json.loads(made.read_text()).get("command", f"(the model in {row.given})")
+        commands[1] = f"pairfree eval --model {row.given} --bench {bench} --out {run}/eval --baselines ''"
+        run.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"row": row.name, "seed": seed, "commands": commands}, indent=1) + "\n")
+    elif not record.is_file():
         resume = (run / "checkpoint.pt").is_file() or (run / "deepspeed").is_dir()
         p = argparse.ArgumentParser()
         add_train_arguments(p)
@@ -100,7 +117,7 @@ def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench:
         train(args, "paired" if row.trainer == "paired" else None)
         record.write_text(json.dumps({"row": row.name, "seed": seed, "commands": commands}, indent=1) + "\n")
     if not (run / "eval" / "metrics.json").is_file():
-        evaluate(run / "model", bench, run / "eval", baselines=())
+        evaluate(row.given or run / "model", bench, run / "eval", baselines=())
     return read_row(row, seed, out)
 
 
@@ -213,7 +230,15 @@ def plot(table: dict, path: Path) -> None:
 def ablate(args) -> dict:
     """Run the chosen rows (all by default), then write the table of every row finished under ``--out``."""
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    rows = TABLES[args.table](cfg)
+    if args.sft and args.table != "rl":
+        raise ConfigError(f"--sft: only the rl table starts from an SFT model (got --table {args.table})")
+    if args.sft and not (Path(args.sft) / "train.json").is_file():
+        raise ConfigError(f"--sft {args.sft}: not a trained model directory (no train.json in it)")
+    if args.grpo_config and args.table != "rl":
+        raise ConfigError(f"--grpo-config: only the rl table has a Flow-GRPO row (got --table {args.table})")
+    if args.grpo_config:
+        load_config(TrainConfig, args.grpo_config, args.overrides)  # a bad file fails here, not after other rows
+    rows = rl_rows_for(cfg, args.sft, args.grpo_config) if args.table == "rl" else rows_for(cfg)
     known = {r.name: r for r in rows}
     chosen = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else list(known)
     unknown = [r for r in chosen if r not in known]
@@ -223,7 +248,7 @@ def ablate(args) -> dict:
     # equal compute = equal steps: no wall-time stop unless asked for
     base = ["max_minutes=0", *(s for s in args.overrides if not s.startswith(("out=", "seed=")))]
     for name in chosen:
-        for seed in range(args.seeds) if name in HEADLINE else range(1):
+        for seed in range(args.seeds) if name in HEADLINE and not known[name].given else range(1):
             run_row(known[name], seed, args.config, base, out, args.bench)
     finished = {  # every row with a finished seed so far (this command's and those of others on the same --out)
         r.name: {s: read_row(r, s, out) for s in range(args.seeds) if done(out / r.name / f"seed{s}")} for r in rows
@@ -254,6 +279,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results/ablations", help="where table.json/.md/.png go")
     p.add_argument("--table", choices=sorted(TABLES), default="ablations",
                    help="ablations: the paper's ablation rows; rl: SFT → +Flow-GRPO vs SFT → +NP-Edit")  # fmt: skip
+    p.add_argument("--sft", default="", help="rl table: an SFT model to start from (evaluated as `supervised`, "
+                   "not trained; e.g. runs/lite/yardstick/model)")  # fmt: skip
+    p.add_argument("--grpo-config", default="", help="rl table: Flow-GRPO's own YAML config for `supervised_grpo` "
+                   "(e.g. configs/lite/grpo.yaml; default: --config with trainer=grpo)")  # fmt: skip
     p.add_argument("--rows", default="", help="comma-separated rows to run (default: all, then the table)")
     p.add_argument("--seeds", type=int, default=2, help="seeds of the headline rows (others: 1)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

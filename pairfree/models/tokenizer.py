@@ -20,7 +20,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>", "<|vision_star
 
 
 def world_corpus(n: int = 400, seed: int = 0) -> list[str]:
-    """Sentences covering the world's vocabulary: captions, instructions of both template sets, VQA questions."""
+    """Sentences covering the world's vocabulary: captions, instructions of every template set, VQA questions."""
     rng = random.Random(seed)
     text = [
         " ".join(list(COLORS) + list(SHAPES) + list(SIZES) + list(TEXTURES) + list(STYLES)),
@@ -31,7 +31,7 @@ def world_corpus(n: int = 400, seed: int = 0) -> list[str]:
     for i in range(n):
         s = rng.getrandbits(63)
         text.append(caption(sample_scene(s), s))
-        for templates in ("train", "heldout"):
+        for templates in TEMPLATES:
             e = sample_edit(s, templates=templates)
             text += [e.instruction, e.edited_caption(s)] + [q.text for q in e.questions()]
         text += [single_question(s, i % 2 == 0).question, pair_question(s, i % 2 == 0).question]

@@ -1,7 +1,7 @@
 """The shapes-world editing benchmark: a fixed set of edits per sub-type with exact ground truth, saved once.
 
 Cases come from the "bench" seed stream (disjoint from training seeds) and use the held-out instruction
-templates, so no model has trained on their wording. ``save_bench`` writes:
+templates (trained words in phrasings no model trained on). ``save_bench`` writes:
 
 * ``cases.jsonl`` — one edit per line: id, type, form, instruction, source scene, params, edited scene,
   source/edited captions, judge questions;
@@ -26,7 +26,7 @@ from pairfree.world.edits import EDIT_TYPES, Edit, EditError, render_edits, samp
 from pairfree.world.scene import SceneError
 from pairfree.world.spec import DEFAULT, WorldSpec, get_spec
 
-BENCH_VERSION = 2  # 2: the manifest names its world spec
+BENCH_VERSION = 3  # 2: the manifest names its world spec; 3: held-out wording recombines trained words
 
 
 def build_bench(

@@ -7,7 +7,8 @@ our analogue of the paper's VLM validation of LLM-written instructions. From an 
 and change mask.
 
 Instruction text is drawn from paraphrase templates; a separate held-out template set exists for the
-benchmark only (``templates="heldout"``) and is never used for training.
+benchmark only (``templates="heldout"``: trained words in new phrasings) and is never used for training, and a
+third (``"unseen"``: words never trained) measures how much the miniature's missing language prior costs.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ EDIT_TYPES = ("color", "texture", "background", "add", "remove", "replace", "adj
 DEFAULT_MIX = {t: (0.25 if t == "remove" else 0.75 / (len(EDIT_TYPES) - 1)) for t in EDIT_TYPES}
 ACHROMATIC = ("white", "black", "gray")
 
-# Paraphrase templates per instruction form. "train" is what the editor and the judge ever see; "heldout" is
-# for the benchmark only. Fields: obj (a unique reference, "the red circle"), color, texture (adjective),
-# shape, size, where (a cell name), new (an indefinite object description).
+# Paraphrase templates per instruction form. "train" is what the editor and the judge ever see. "heldout", the
+# benchmark's wording, recombines trained words into phrasings never trained on: the world's text encoders learn
+# from scratch and have no language prior, so a word they never saw carries no meaning they could generalise from.
+# "unseen" (the benchmark's wording until 2026-12-07) brings new words ("get rid of", "black and white"): a
+# diagnostic of that missing prior, not of editing. Fields: obj (a unique reference, "the red circle"), color,
+# texture (adjective), shape, size, where (a cell name), new (an indefinite object description).
 TEMPLATES = {
     "train": {
         "color": ["make {obj} {color}", "change the color of {obj} to {color}", "recolor {obj} {color}"],
@@ -61,6 +65,24 @@ TEMPLATES = {
         ],
     },
     "heldout": {
+        "color": ["paint {obj} {color}", "change {obj} to {color}"],
+        "texture": ["change the pattern of {obj} to {texture}", "make the pattern of {obj} {texture}"],
+        "background_color": ["recolor the background {color}", "change the background to {color}"],
+        "background_texture": [
+            "change the pattern of the background to {texture}",
+            "put a {texture} pattern on the background",
+        ],
+        "add": ["add {new} in the {where}", "place {new} at the {where}"],
+        "remove": ["take {obj} away", "delete {obj} in the picture"],
+        "replace": ["make {obj} a {shape}", "change {obj} to a {shape}"],
+        "resize": ["change {obj} to {size}", "make the size of {obj} {size}"],
+        "move": ["place {obj} in the {where}", "move {obj} into the {where}"],
+        "grayscale": ["make the picture grayscale", "convert the image to grayscale"],
+        "invert": ["invert the colors of the image", "make the picture color-inverted"],
+        "pixelate": ["pixelate the picture", "make the image pixelated"],
+        "outline": ["make the image an outline drawing", "draw only the outlines"],
+    },
+    "unseen": {
         "color": ["the color of {obj} should be {color}", "{obj} needs to become {color}"],
         "texture": ["{obj} should have a {texture} pattern", "I want {obj} to be {texture}"],
         "background_color": ["the background should be {color}", "I want a {color} background"],
@@ -225,8 +247,8 @@ def _indefinite(o: Obj) -> str:
     return f"a {o.size} {tex}{o.color} {o.shape}"
 
 
-def instruction_text(scene: Scene, kind: str, params: dict, rng: random.Random, templates: str = "train") -> str:
-    """An instruction for the edit, drawn from the ``templates`` set ("train" or "heldout")."""
+def instruction_choices(scene: Scene, kind: str, params: dict, templates: str = "train") -> list[str]:
+    """Every wording of the edit in the ``templates`` set ("train", "heldout" or "unseen")."""
     if templates not in TEMPLATES:
         raise ValueError(f"templates: expected one of {sorted(TEMPLATES)}, got {templates!r}")
     fields = {k: v for k, v in params.items() if isinstance(v, str)}
@@ -239,7 +261,12 @@ def instruction_text(scene: Scene, kind: str, params: dict, rng: random.Random, 
         fields["where"] = scene.spec.cell_name(params["row"], params["col"])
     if "texture" in params:
         fields["texture"] = TEXTURE_ADJ[params["texture"]]
-    return rng.choice(TEMPLATES[templates][form_of(kind, params)]).format(**fields)
+    return [t.format(**fields) for t in TEMPLATES[templates][form_of(kind, params)]]
+
+
+def instruction_text(scene: Scene, kind: str, params: dict, rng: random.Random, templates: str = "train") -> str:
+    """An instruction for the edit, drawn from the ``templates`` set ("train", "heldout" or "unseen")."""
+    return rng.choice(instruction_choices(scene, kind, params, templates))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import json
 import shlex
 
 import pytest
+import yaml
 
 from pairfree.cli import main as cli
 from pairfree.world.bench import save_bench
@@ -88,3 +89,32 @@ def test_rl_table_starts_grpo_and_npedit_from_the_supervised_model(tiny_models, 
         assert record["copy_steps"] == 0
     npedit = json.loads((runs / "npedit" / "seed0" / "model" / "train.json").read_text())
     assert npedit["config"]["models"]["generator"] == "" and npedit["copy_steps"] == 2
+
+    # --sft: a model trained beforehand is the supervised row (evaluated, not retrained) and the start of the others;
+    # --grpo-config: Flow-GRPO trains with its own config (here: another learning rate)
+    again = tmp_path / "given"
+    grpo = yaml.safe_load(open("configs/shapes/editor.yaml"))
+    grpo["optim"]["lr"] = 1.25e-4
+    (tmp_path / "grpo.yaml").write_text(yaml.safe_dump({**grpo, "trainer": "grpo"}))
+    argv = ["ablate", "--table", "rl", "--sft", sft, "--grpo-config", str(tmp_path / "grpo.yaml"),
+            "--rows", "supervised,supervised_npedit,supervised_grpo", "--config",
+            "configs/shapes/editor.yaml", "--bench", str(bench_dir), "--out", str(again / "runs"),
+            "--results", str(again / "results"), "--seeds", "1", "--set", *sets]  # fmt: skip
+    assert cli(argv) == 0
+    given = {r["name"]: r for r in json.loads((again / "results" / "table.json").read_text())["rows"]}
+    first = {r["name"]: r for r in table["rows"]}
+    assert given["supervised"]["overall"] == first["supervised"]["overall"]
+    assert not (again / "runs" / "supervised" / "seed0" / "checkpoint.pt").exists()
+    sft_command = json.loads((runs / "supervised" / "seed0" / "model" / "train.json").read_text())["command"]
+    assert given["supervised"]["commands"]["0"][0] == sft_command
+    for name, lr in [("supervised_npedit", 5.0e-4), ("supervised_grpo", 1.25e-4)]:
+        record = json.loads((again / "runs" / name / "seed0" / "model" / "train.json").read_text())
+        assert record["config"]["models"]["generator"] == sft and record["config"]["optim"]["lr"] == lr
+    assert "grpo.yaml" in given["supervised_grpo"]["commands"]["0"][0]
+
+
+def test_sft_model_is_only_for_the_rl_table(tiny_models, bench_dir, tmp_path, capsys):
+    argv = ["ablate", "--sft", str(tmp_path), "--config", "configs/shapes/editor.yaml", "--bench", str(bench_dir),
+            "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert cli(argv) == 2
+    assert "--sft" in capsys.readouterr().err

@@ -18,10 +18,12 @@ from pairfree.world.edits import (
     EditError,
     apply_edit,
     check_mix,
+    instruction_choices,
     refer,
     render_edits,
     sample_edit,
 )
+from pairfree.world.spec import FULL, LITE
 
 
 def _scene(*objs, background="blue", style="none"):
@@ -127,15 +129,35 @@ def _matches(instruction: str, split: str) -> bool:
     return False
 
 
-def test_heldout_templates_are_separate():
-    assert TEMPLATES["train"].keys() == TEMPLATES["heldout"].keys()
-    for form in TEMPLATES["train"]:
-        assert not set(TEMPLATES["train"][form]) & set(TEMPLATES["heldout"][form]), form
-    for s in range(200):
-        train, held = sample_edit(s), sample_edit(s, templates="heldout")
-        assert train.kind == held.kind and train.params == held.params
-        assert _matches(train.instruction, "train") and not _matches(train.instruction, "heldout"), train.instruction
-        assert _matches(held.instruction, "heldout") and not _matches(held.instruction, "train"), held.instruction
+def test_template_sets_word_the_same_edit_differently():
+    assert TEMPLATES["train"].keys() == TEMPLATES["heldout"].keys() == TEMPLATES["unseen"].keys()
+    for s in range(300):
+        edits = {t: sample_edit(s, templates=t) for t in TEMPLATES}
+        train = edits["train"]
+        wordings = {t: set(instruction_choices(train.source, train.kind, train.params, t)) for t in TEMPLATES}
+        for t, e in edits.items():
+            assert (e.kind, e.params) == (train.kind, train.params)
+            assert e.instruction in wordings[t], (t, e.instruction)
+        assert not wordings["train"] & wordings["heldout"] and not wordings["train"] & wordings["unseen"]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_heldout_wording_recombines_trained_words():
+    """The benchmark's wording uses only words the generator's text encoder trained on (the teacher's captions and
+    the training instructions); the "unseen" diagnostic brings words it never saw."""
+    for spec in (LITE, FULL):
+        trained = set()
+        for s in range(2000):
+            trained |= _words(caption(sample_scene(s, spec), s)) | _words(sample_edit(s, spec=spec).instruction)
+        heldout, unseen = (
+            set().union(*(_words(sample_edit(s, templates=t, spec=spec).instruction) for s in range(2000)))
+            for t in ("heldout", "unseen")
+        )
+        assert heldout <= trained, sorted(heldout - trained)
+        assert {"should", "want", "rid", "swap"} <= unseen - trained
 
 
 def test_references_are_unique():
