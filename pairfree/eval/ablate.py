@@ -227,6 +227,14 @@ def plot(table: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def budget_note(cfg: TrainConfig) -> str:
+    """What the rows share: their steps (the default), or their training minutes when ``max_minutes`` is set."""
+    if cfg.max_minutes:
+        minutes, steps = f"{cfg.max_minutes:g}", cfg.steps
+        return f"Equal wall time: every row trains for {minutes} minutes (at most {steps} steps), same seeds."
+    return f"Equal compute: every row runs the same {cfg.steps} steps, batch and seeds."
+
+
 def ablate(args) -> dict:
     """Run the chosen rows (all by default), then write the table of every row finished under ``--out``."""
     cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -257,8 +265,8 @@ def ablate(args) -> dict:
         "config": args.config,
         "overrides": base,
         "bench": args.bench,
-        "note": "Equal compute: every row runs the same steps, batch and seeds as `full`; quality is read by the "
-        "evaluator on the held-out benchmark, never by the judge trained against.",
+        "note": f"{budget_note(load_config(TrainConfig, args.config, base))} Quality is read by the evaluator on "
+        "the held-out benchmark, never by the judge trained against.",
         "missing": [r.name for r in rows if not finished[r.name]],
         "rows": [summarise(r, finished[r.name]) for r in rows if finished[r.name]] + baseline_rows(args.bench, out),
     }

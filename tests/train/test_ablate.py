@@ -118,3 +118,14 @@ def test_sft_model_is_only_for_the_rl_table(tiny_models, bench_dir, tmp_path, ca
             "--out", str(tmp_path / "runs")]  # fmt: skip
     assert cli(argv) == 2
     assert "--sft" in capsys.readouterr().err
+
+
+def test_table_note_names_the_budget_the_rows_share():
+    from pairfree.config import load_config
+    from pairfree.eval.ablate import budget_note
+    from pairfree.train.config import TrainConfig
+
+    steps = budget_note(load_config(TrainConfig, "configs/lite/editor.yaml", ["max_minutes=0", "steps=700"]))
+    assert steps.startswith("Equal compute: every row runs the same 700 steps")
+    timed = budget_note(load_config(TrainConfig, "configs/lite/editor.yaml", ["max_minutes=25", "steps=5000"]))
+    assert timed.startswith("Equal wall time: every row trains for 25 minutes (at most 5000 steps)")
