@@ -402,17 +402,24 @@ class EditorTrainer:
             self.wall = wall
             self.save()
 
+        def heldout(step):
+            row = {"step": step, **self.heldout_metrics()}
+            log.write(row)
+            keys = ["reward", "p_verify", "loss"] + [k for k in row if k.startswith("heldout/")]
+            plot_series(self.out / "metrics.jsonl", self.out / "heldout.png", "training signal vs held-out", keys)
+
         def samples(step, wall):
             if not self.is_main or self.strategy.gathers_parameters:
                 return []
             if cfg.sample_every and step % cfg.sample_every == 0:
                 self.save_samples(self.out / "samples" / f"step_{step:06d}.png")
             if cfg.heldout_every and cfg.data.source == "world" and (step % cfg.heldout_every == 0 or step == total):
-                row = {"step": step, **self.heldout_metrics()}
-                log.write(row)
-                keys = ["reward", "p_verify", "loss"] + [k for k in row if k.startswith("heldout/")]
-                plot_series(self.out / "metrics.jsonl", self.out / "heldout.png", "training signal vs held-out", keys)
+                heldout(step)
             return []
+
+        watch = cfg.heldout_every and cfg.data.source == "world" and self.is_main
+        if watch and self.step == 0 and not self.strategy.gathers_parameters:
+            heldout(0)  # where the curves start: the initial generator (an SFT model, or the teacher)
 
         try:
             result = run_steps(

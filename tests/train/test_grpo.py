@@ -80,7 +80,7 @@ def test_grpo_trains_through_the_one_entry_point_with_held_out_quality_in_view(t
     for r in steps[2:]:
         assert 0 <= r["reward"] <= 1 and r["kl"] >= 0 and "dmd" not in r and "vlm" not in r
     held = [r for r in rows if "heldout/preservation" in r]
-    assert [r["step"] for r in held] == [3, 5]  # every 3 steps and at the end
+    assert [r["step"] for r in held] == [0, 3, 5]  # the start, every 3 steps and the end
     for r in held:
         assert 0 <= r["heldout/complete edit"] <= r["heldout/preservation"] <= 1
     assert (tmp_path / "heldout.png").is_file()
