@@ -186,6 +186,6 @@ def test_an_old_benchmark_is_refused_with_the_command_that_rewrites_it(tmp_path)
 
     save_bench(tmp_path / "b", n_per_type=1, spec=LITE)
     manifest = tmp_path / "b" / "manifest.json"
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 1}))
-    with pytest.raises(SceneError, match=r"version: expected 2, got 1 \(rewrite it with `pairfree world bench"):
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 2}))
+    with pytest.raises(SceneError, match=r"version: expected 3, got 2 \(rewrite it with `pairfree world bench"):
         load_bench(tmp_path / "b")
