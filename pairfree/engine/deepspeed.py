@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pairfree.engine.data_parallel import Ranks
 from pairfree.engine.strategy import Optimized, Strategy
 
 
@@ -99,7 +100,8 @@ class DeepSpeedStrategy(Strategy):
 
     def __init__(self, engines: dict, device):
         self.engines, self._device = engines, device
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.ranks = Ranks(dist.get_rank(), dist.get_world_size(), str(device))  # flags, logged values, leaving
+        self.rank, self.world_size = self.ranks.rank, self.ranks.world
         self.gathers_parameters = any(e.zero_optimization_stage() == 3 for e in engines.values())
 
     @property
@@ -112,14 +114,10 @@ class DeepSpeedStrategy(Strategy):
         return EngineOptimized(self.engines[name], module, betas, weight_decay)
 
     def all_true(self, flag: bool) -> bool:
-        t = torch.tensor([1.0 if flag else 0.0], device=self._device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return bool(t.item())
+        return not self.ranks.any(not flag)
 
     def all_mean(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self._device)
-        dist.all_reduce(t)
-        return t.item() / self.world_size
+        return self.ranks.mean({"value": value})["value"]
 
     def whole(self, module):
         if not self.gathers_parameters:
@@ -146,9 +144,7 @@ class DeepSpeedStrategy(Strategy):
     def close(self) -> None:
         """Leave the launcher's process group together: a rank that exits while another still tears down its
         gloo threads can abort ("terminate called without an active exception", seen once in a 2-rank CPU test)."""
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        self.ranks.close()
 
 
 def init_distributed():
