@@ -15,11 +15,12 @@ import random
 UNKNOWN = "[UNK]"  # the world tokenizer's unknown token (pairfree.models.tokenizer.SPECIAL_TOKENS)
 
 
-def drop_words(text: str, p: float, seed: int | str, unknown: str = UNKNOWN) -> str:
-    """``text`` with each whitespace-separated word replaced by ``unknown`` with probability ``p`` (seeded)."""
+def drop_words(text: str, p: float, seed: int | str, unknown: str = UNKNOWN, keep: frozenset[str] = frozenset()) -> str:
+    """``text`` with each whitespace-separated word replaced by ``unknown`` with probability ``p`` (seeded); words
+    in ``keep`` (lower case, punctuation stripped) are never hidden."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"word dropout: expected a probability in [0, 1), got {p}")
     if p == 0.0:
         return text
     rng = random.Random(seed)
-    return " ".join(unknown if rng.random() < p else w for w in text.split())
+    return " ".join(unknown if rng.random() < p and w.lower().strip(".,;:!?") not in keep else w for w in text.split())

@@ -165,8 +165,17 @@ class DataConfig:
     # robustness to wording never trained on (pairfree.data.augment; the judge always reads the clean instruction;
     # lowered the lite yardstick at 0.15 and 0.3)
     word_dropout: float = 0.0
+    # which words word_dropout may hide: "all", or "non_caption" (world data: only the words the world's captions
+    # never use, i.e. the instruction's verbs and prepositions; colours, shapes, places are always read)
+    word_dropout_scope: str = "all"
 
     def __post_init__(self):
+        if self.word_dropout_scope not in ("all", "non_caption"):
+            raise ValueError(
+                f"data.word_dropout_scope: expected 'all' or 'non_caption', got {self.word_dropout_scope!r}"
+            )
+        if self.word_dropout_scope == "non_caption" and self.source != "world":
+            raise ValueError("data.word_dropout_scope: 'non_caption' needs data.source=world (the world's captions)")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"data.word_dropout: expected a probability in [0, 1), got {self.word_dropout}")
         if self.source not in ("world", "jsonl"):

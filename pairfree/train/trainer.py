@@ -55,6 +55,7 @@ from pairfree.train.losses import (
 from pairfree.train.models import EditorModels, ema_copy, trained_part
 from pairfree.train.samples import save_edit_rows
 from pairfree.unroll import per_sample_randn, unroll
+from pairfree.world.captions import caption_words
 from pairfree.world.bench import Bench, build_bench
 from pairfree.world.datasets import EditorDataset, item_seed
 from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
@@ -152,14 +153,16 @@ class EditorTrainer:
 
     def conditioning(self, instructions: list[str], step: int) -> list[str]:
         """The instructions of batch ``step`` as the generator reads them in training: with ``data.word_dropout``,
-        each word hidden behind the tokenizer's unknown token (seeded by the sample's global index)."""
+        each word (or each word the captions never use: ``data.word_dropout_scope``) hidden behind the tokenizer's
+        unknown token (seeded by the sample's global index)."""
         p = self.cfg.data.word_dropout
         if not p:
             return instructions
         unknown = getattr(getattr(self.gen.module.text, "tokenizer", None), "unk_token", None) or UNKNOWN
+        keep = caption_words(self.spec) if self.cfg.data.word_dropout_scope == "non_caption" else frozenset()
         b = self.cfg.batch
         return [
-            drop_words(text, p, f"words/{self.cfg.seed}/{self.data.global_index(step * b + j)}", unknown)
+            drop_words(text, p, f"words/{self.cfg.seed}/{self.data.global_index(step * b + j)}", unknown, keep)
             for j, text in enumerate(instructions)
         ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 from pairfree.world.scene import Obj, Scene, SceneError
 
@@ -51,6 +52,16 @@ def caption(scene: Scene, seed: int = 0) -> str:
     if scene.style != "none":
         text = text.rstrip(".") + STYLE_SUFFIX[scene.style] + "."
     return text[0].upper() + text[1:]
+
+
+def caption_words(spec) -> frozenset[str]:
+    """Every word a caption of ``spec``'s world can use (lower case): the vocabulary the teacher's text encoder
+    learnt. Instruction words outside it (verbs, prepositions) are the ones a caption-trained encoder never saw."""
+    texts = [*TEMPLATES, "{bg} with no objects.", "An empty picture: {bg}.", *(STYLE_SUFFIX[s] for s in spec.styles)]
+    texts += ["a background", "at the", "and"]  # _background(), the placed objects, join()
+    texts += [*spec.shapes, *spec.colors, *(TEXTURE_ADJ[t] for t in spec.textures), *(n for n, _ in spec.sizes)]
+    texts += [spec.cell_name(r, c) for r in range(spec.grid) for c in range(spec.grid)]
+    return frozenset(w for t in texts for w in re.findall(r"[a-z]+", re.sub(r"\{[a-z_]+\}", " ", t.lower())))
 
 
 def describe_placed(scene: Scene) -> str:

@@ -14,6 +14,7 @@ from pairfree.train.losses import flow_loss
 from pairfree.train.models import load_models
 from pairfree.train.paired import PairedTrainer
 from pairfree.train.run import main
+from pairfree.world.captions import caption_words
 from pairfree.world.edits import render_edits
 
 from .conftest import tiny_overrides
@@ -75,6 +76,33 @@ def test_drop_words_rate_and_bounds():
     assert out == drop_words(text, 0.3, 1).split() != drop_words(text, 0.3, 2).split()
     with pytest.raises(ValueError, match="probability"):
         drop_words(text, 1.0, 0)
+
+
+def test_drop_words_never_hides_kept_words():
+    text = "Make the red circle, Striped. into the top left"
+    keep = frozenset({"the", "red", "circle", "striped", "top", "left"})
+    out = drop_words(text, 0.999, 3, keep=keep).split()
+    assert out == ["[UNK]", "the", "red", "circle,", "Striped.", "[UNK]", "the", "top", "left"]
+
+
+def test_non_caption_scope_hides_only_words_the_captions_never_use(tiny_models, tmp_path):
+    sets = tiny_overrides(
+        tiny_models, tmp_path, **{"data.word_dropout": 0.5, "data.word_dropout_scope": "non_caption", "batch": 8}
+    )
+    cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", sets)
+    trainer = PairedTrainer(cfg, load_models(cfg.models))
+    keep = caption_words(trainer.spec)
+    hidden = kept = 0
+    for step in range(cfg.copy_steps, cfg.copy_steps + 4):
+        clean = [it["instruction"] for it in trainer.batch(step)]
+        for a, b in zip(clean, trainer.conditioning(clean, step)):
+            for c, s in zip(a.split(), b.split(), strict=True):
+                assert s == c or (s == "[UNK]" and c.lower() not in keep), (a, b)
+                hidden += s != c
+                kept += s == c and c.lower() not in keep
+    assert hidden > 0 and kept > 0  # a probability, not all or nothing
+    with pytest.raises(ValueError, match="word_dropout_scope"):
+        load_config(TrainConfig, "configs/shapes/editor.yaml", [*sets, "data.source=jsonl", "data.path=x.jsonl"])
 
 
 def test_flow_loss_t_values_draws_only_the_sampler_timesteps():

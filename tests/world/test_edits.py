@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pairfree.world import Obj, Scene, SceneError, sample_scene
-from pairfree.world.captions import caption
+from pairfree.world.captions import caption, caption_words
 from pairfree.world.edits import (
     DEFAULT_MIX,
     EDIT_TYPES,
@@ -158,6 +158,20 @@ def test_heldout_wording_recombines_trained_words():
         )
         assert heldout <= trained, sorted(heldout - trained)
         assert {"should", "want", "rid", "swap"} <= unseen - trained
+
+
+def test_caption_words_are_exactly_the_words_captions_use():
+    """``caption_words`` (built from the spec) against the words of sampled captions (the reference): every
+    caption word is in it, it holds nothing the captions cannot say, and the instruction verbs are outside it."""
+    for spec in (LITE, FULL):
+        seen = set()
+        for s in range(3000):
+            sc = sample_scene(s, spec)
+            style = spec.styles[s % len(spec.styles)]
+            seen |= _words(caption(dataclasses.replace(sc, style=style), s))
+            seen |= _words(caption(dataclasses.replace(sc, objects=()), s))
+        assert seen == caption_words(spec), (sorted(seen ^ caption_words(spec)), spec.name)
+        assert not {"make", "change", "remove", "move", "into", "to"} & caption_words(spec)
 
 
 def test_references_are_unique():
