@@ -55,8 +55,8 @@ from pairfree.train.losses import (
 from pairfree.train.models import EditorModels, ema_copy, trained_part
 from pairfree.train.samples import save_edit_rows
 from pairfree.unroll import per_sample_randn, unroll
-from pairfree.world.captions import caption_words
 from pairfree.world.bench import Bench, build_bench
+from pairfree.world.captions import caption_words
 from pairfree.world.datasets import EditorDataset, item_seed
 from pairfree.world.edits import EDIT_TYPES, render_edits, sample_edit
 from pairfree.world.render import render
