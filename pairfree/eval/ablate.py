@@ -118,6 +118,8 @@ def run_row(row: Row, seed: int, config: str, base: list[str], out: Path, bench:
         record.write_text(json.dumps({"row": row.name, "seed": seed, "commands": commands}, indent=1) + "\n")
     if not (run / "eval" / "metrics.json").is_file():
         evaluate(row.given or run / "model", bench, run / "eval", baselines=())
+    if (run / "best" / "best.json").is_file() and not (run / "eval_best" / "metrics.json").is_file():
+        evaluate(run / "best", bench, run / "eval_best", baselines=())  # picked on validation edits (heldout_every)
     return read_row(row, seed, out)
 
 
@@ -129,7 +131,12 @@ def read_row(row: Row, seed: int, out: Path) -> dict:
     """A finished (row, seed): the editor's metrics on the benchmark and the commands that made them."""
     run = out / row.name / f"seed{seed}"
     metrics = json.loads((run / "eval" / "metrics.json").read_text())["editor"]
-    return {"metrics": metrics, "commands": json.loads((run / "row.json").read_text())["commands"]}
+    result = {"metrics": metrics, "commands": json.loads((run / "row.json").read_text())["commands"]}
+    if (run / "eval_best" / "metrics.json").is_file():  # the best checkpoint on the validation edits
+        best = json.loads((run / "eval_best" / "metrics.json").read_text())["editor"]["overall"]
+        step = json.loads((run / "best" / "best.json").read_text())["step"]
+        result["best"] = {"step": step, **{m: best[m] for m in METRICS}}
+    return result
 
 
 def summarise(row: Row, runs: dict[int, dict]) -> dict:
@@ -145,6 +152,10 @@ def summarise(row: Row, runs: dict[int, dict]) -> dict:
 
     overall, spread = stats("overall")
     kinds = [k for k in next(iter(runs.values()))["metrics"] if k != "overall"]
+    best = None
+    if all("best" in r for r in runs.values()):  # last vs best: reward hacking shows as best > last
+        best = {m: statistics.fmean(r["best"][m] for r in runs.values()) for m in METRICS}
+        best["steps"] = [r["best"]["step"] for _, r in sorted(runs.items())]
     return {
         "name": row.name,
         "what": row.what,
@@ -152,6 +163,7 @@ def summarise(row: Row, runs: dict[int, dict]) -> dict:
         "overall": overall,
         "spread": spread,
         "per_type": {k: stats(k)[0] for k in kinds},
+        "best": best,
         "commands": {str(s): r["commands"] for s, r in sorted(runs.items())},
     }
 
@@ -171,6 +183,7 @@ def baseline_rows(bench: str, out: Path) -> list[dict]:
             "overall": {m: r["overall"][m] for m in METRICS},
             "spread": {m: 0.0 for m in METRICS},
             "per_type": {k: {m: v[m] for m in METRICS} for k, v in r.items() if k != "overall"},
+            "best": None,
             "commands": {"-": [command]},
         }
         for name, r in results.items()
@@ -183,7 +196,8 @@ def _fmt(x, digits=3):
 
 def markdown(table: dict) -> str:
     kinds = list(next(iter(table["rows"]))["per_type"])
-    head = ["row", "what", "seeds", *METRICS, *kinds]
+    bests = any(r.get("best") for r in table["rows"])
+    head = ["row", "what", "seeds", *METRICS, *(["best checkpoint (step): complete edit"] if bests else []), *kinds]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in table["rows"]:
         cells = [f"`{r['name']}`", r["what"], ",".join(map(str, r["seeds"])) or "—"]
@@ -191,9 +205,16 @@ def markdown(table: dict) -> str:
             d = 1 if m.startswith("PSNR") else 3
             s = r["spread"][m]
             cells.append(_fmt(r["overall"][m], d) + (f" ±{_fmt(s / 2, d)}" if len(r["seeds"]) > 1 and s else ""))
+        if bests:
+            b = r.get("best")
+            cells.append(f"{_fmt(b['complete edit'])} ({','.join(map(str, b['steps']))})" if b else "—")
         cells += [_fmt(r["per_type"][k]["complete edit"], 2) for k in kinds]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Per sub-type columns: complete edit. ± is half the spread over seeds. {table['note']}"]
+    if bests:
+        lines += ["", "The metrics are the last checkpoint's. The best checkpoint is the one whose edits of held-out "
+                  "validation edits (`heldout_every`; disjoint from the benchmark) the evaluator read best; its "
+                  "benchmark complete edit and step are in their own column."]  # fmt: skip
     if table["missing"]:
         lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in table["missing"]) + "."]
     lines += [""]

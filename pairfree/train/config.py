@@ -212,8 +212,9 @@ class TrainConfig:
     # single process: bf16 | fp16 (loss scaling) | no (fp32) autocast with fp32 master weights, the frozen teacher
     # and judge in that dtype; auto: bf16 on a GPU, fp32 on a CPU. Under deepspeed: distributed.bf16 instead
     mixed_precision: str | bool = "auto"
-    # every N steps (0: never): the evaluator reads the generator's edits of heldout_items held-out world edits —
-    # complete edit, preservation, PSNR outside the mask — logged beside the training signal (reward hacking in view)
+    # every N steps (0: never): the evaluator reads the generator's edits of heldout_items held-out world edits (the
+    # validation stream, held-out wording; disjoint from the benchmark) — complete edit, preservation, PSNR outside
+    # the mask — logged beside the training signal (reward hacking in view); the best so far is exported to best/
     heldout_every: int = 0
     heldout_items: int = 32
 

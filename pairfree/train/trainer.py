@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -410,6 +412,7 @@ class EditorTrainer:
             log.write(row)
             keys = ["reward", "p_verify", "loss"] + [k for k in row if k.startswith("heldout/")]
             plot_series(self.out / "metrics.jsonl", self.out / "heldout.png", "training signal vs held-out", keys)
+            self.keep_best(row)
 
         def samples(step, wall):
             if not self.is_main or self.strategy.gathers_parameters:
@@ -468,14 +471,29 @@ class EditorTrainer:
         save_spec(path, self.spec)
         return path
 
+    def keep_best(self, row: dict) -> None:
+        """Export the generator to ``best/`` when its held-out complete edit (``row``, from
+        :meth:`heldout_metrics`) beats every earlier one of this run (ties keep the earlier): a run that reward-hacks
+        late still leaves its best model, picked on the validation stream, never on the benchmark."""
+        key = "heldout/complete edit"
+        record = self.out / "best" / "best.json"
+        if record.is_file() and json.loads(record.read_text())[key] >= row[key]:
+            return
+        tmp = self.out / "best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.export(tmp)
+        (tmp / "best.json").write_text(json.dumps(row, indent=1) + "\n")
+        shutil.rmtree(self.out / "best", ignore_errors=True)
+        os.replace(tmp, self.out / "best")
+
     @torch.no_grad()
     def heldout_metrics(self) -> dict:
-        """The exported generator's (EMA's) edits of ``heldout_items`` held-out edits (val templates, the bench
-        seed stream, every type), read by the independent evaluator: overall complete edit, preservation and
-        PSNR outside the mask — never the judge that is trained against."""
+        """The exported generator's (EMA's) edits of ``heldout_items`` held-out edits (held-out wording, the
+        validation seed stream — disjoint from the benchmark's —, every type), read by the independent evaluator:
+        overall complete edit, preservation and PSNR outside the mask — never the judge that is trained against."""
         if getattr(self, "_heldout", None) is None:
             per_type = math.ceil(self.cfg.heldout_items / len(EDIT_TYPES))
-            edits = build_bench(per_type, seed=self.cfg.seed, spec=self.spec)
+            edits = build_bench(per_type, seed=self.cfg.seed, spec=self.spec, split="val")
             inputs, targets, masks = render_edits(edits, self.cfg.models.resolution)
             bench = Bench(edits, [], inputs, targets, masks, {}, self.spec)
             self._heldout = (bench, pretrained(model_name("evaluator", self.spec)))

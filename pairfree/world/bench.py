@@ -30,11 +30,12 @@ BENCH_VERSION = 3  # 2: the manifest names its world spec; 3: held-out wording r
 
 
 def build_bench(
-    n_per_type: int = 50, seed: int = 0, templates: str = "heldout", spec: WorldSpec = DEFAULT
+    n_per_type: int = 50, seed: int = 0, templates: str = "heldout", spec: WorldSpec = DEFAULT, split: str = "bench"
 ) -> list[Edit]:
-    """``n_per_type`` edits of every type of world ``spec`` from the bench seed stream, grouped by type."""
+    """``n_per_type`` edits of every type of world ``spec`` from the ``split`` seed stream ("bench"; "val": a
+    validation set disjoint from the benchmark, e.g. for picking a checkpoint), grouped by type."""
     return [
-        sample_edit(item_seed(seed, "bench", k * 1_000_000 + i), kind=kind, templates=templates, spec=spec)
+        sample_edit(item_seed(seed, split, k * 1_000_000 + i), kind=kind, templates=templates, spec=spec)
         for k, kind in enumerate(EDIT_TYPES)
         for i in range(n_per_type)
     ]

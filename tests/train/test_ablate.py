@@ -99,9 +99,19 @@ def test_rl_table_starts_grpo_and_npedit_from_the_supervised_model(tiny_models, 
     argv = ["ablate", "--table", "rl", "--sft", sft, "--grpo-config", str(tmp_path / "grpo.yaml"),
             "--rows", "supervised,supervised_npedit,supervised_grpo", "--config",
             "configs/shapes/editor.yaml", "--bench", str(bench_dir), "--out", str(again / "runs"),
-            "--results", str(again / "results"), "--seeds", "1", "--set", *sets]  # fmt: skip
+            "--results", str(again / "results"), "--seeds", "1", "--set", *sets,
+            "heldout_every=2", "heldout_items=8"]  # fmt: skip
     assert cli(argv) == 0
     given = {r["name"]: r for r in json.loads((again / "results" / "table.json").read_text())["rows"]}
+    # best vs last: the runs kept their best checkpoint on the validation edits; the table reads it on the bench
+    assert given["supervised"]["best"] is None
+    for name in ("supervised_npedit", "supervised_grpo"):
+        run = again / "runs" / name / "seed0"
+        picked = json.loads((run / "best" / "best.json").read_text())
+        best = json.loads((run / "eval_best" / "metrics.json").read_text())["editor"]["overall"]
+        assert given[name]["best"]["steps"] == [picked["step"]]
+        assert given[name]["best"]["complete edit"] == best["complete edit"]
+    assert "best checkpoint (step)" in (again / "results" / "table.md").read_text()
     first = {r["name"]: r for r in table["rows"]}
     assert given["supervised"]["overall"] == first["supervised"]["overall"]
     assert not (again / "runs" / "supervised" / "seed0" / "checkpoint.pt").exists()

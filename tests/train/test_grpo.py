@@ -18,6 +18,9 @@ from pairfree.train.grpo import (
     group_advantages,
 )
 from pairfree.train.models import load_models
+from pairfree.world.bench import build_bench
+from pairfree.world.edits import EDIT_TYPES
+from pairfree.world.spec import LITE
 
 from .conftest import crash_then_resume, tiny_overrides
 
@@ -85,6 +88,20 @@ def test_grpo_trains_through_the_one_entry_point_with_held_out_quality_in_view(t
         assert 0 <= r["heldout/complete edit"] <= r["heldout/preservation"] <= 1
     assert (tmp_path / "heldout.png").is_file()
     assert json.loads((tmp_path / "model" / "train.json").read_text())["trainer"] == "flow-grpo"
+    # the best model so far on the validation edits is kept: the first step with the highest complete edit
+    values = [r["heldout/complete edit"] for r in held]
+    first_best = held[values.index(max(values))]
+    picked = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert {k: picked[k] for k in first_best} == first_best
+    assert json.loads((tmp_path / "best" / "train.json").read_text())["step"] == first_best["step"]
+
+
+def test_the_held_out_monitor_never_sees_the_benchmark():
+    """The monitor (and the best checkpoint it picks) reads the validation stream; the benchmark is the bench one."""
+    key = lambda e: json.dumps([e.source.to_dict(), e.kind, e.params], sort_keys=True)  # noqa: E731
+    monitor = {key(e) for e in build_bench(8, seed=0, spec=LITE, split="val")}
+    bench = {key(e) for e in build_bench(25, seed=0, spec=LITE)}
+    assert len(monitor) == 8 * len(EDIT_TYPES) and not monitor & bench
 
 
 def test_grpo_resumes_identically(tiny_models, tmp_path):
