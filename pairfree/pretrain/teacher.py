@@ -122,6 +122,7 @@ def evaluate(
     cfg_scale: float = 3.0,
     grid_out: Path | None = None,
     spec: WorldSpec | None = None,
+    shift: float = 3.0,
 ) -> dict:
     """Caption attribute match of ``n`` held-out captions of world ``spec`` (the evaluator's), sampled and read
     back by ``evaluator``; per attribute too."""
@@ -136,7 +137,7 @@ def evaluate(
     hit = total = 0
     images, readings, per, by_caption = [], [], {}, {}
     for start in range(0, n, 50):
-        x = sample(teacher, caps[start : start + 50], steps, cfg_scale, resolution=resolution, seed=start)
+        x = sample(teacher, caps[start : start + 50], steps, cfg_scale, shift, resolution=resolution, seed=start)
         images.append(x)
         seen_batch = evaluator.read(x)
         readings += seen_batch
@@ -156,6 +157,7 @@ def evaluate(
         "samples": n,
         "steps": steps,
         "cfg": cfg_scale,
+        "shift": shift,
     }
 
 

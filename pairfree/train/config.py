@@ -22,6 +22,8 @@ class ModelsConfig:
     teacher: str = "shapes-teacher"
     judge: str = "shapes-judge"
     generator: str = ""  # shapes: an editor directory (a run's model/) to start the generator from (default: teacher)
+    # shapes: keep the generator's text encoder the teacher's, frozen (as the paper's Gemma; diffusers: always frozen)
+    freeze_text: bool = False
     resolution: int = 32  # image side the editor works at
     judge_image_size: int = 448  # diffusers format: the judge's input side (shapes: from the shipped judge.json)
     text_max_length: int = 300  # diffusers format: prompts padded/truncated to this many tokens (SANA: 300)

@@ -75,6 +75,8 @@ def load_models(cfg: ModelsConfig, critic: bool = True, world=None) -> EditorMod
     generator = FlowModel(with_reference_skip(teacher.dit), copy.deepcopy(teacher.text)).requires_grad_(True).train()
     if cfg.generator:  # continue from a trained editor (e.g. the supervised yardstick's model/)
         load_generator(generator, Path(cfg.generator), world)
+    if cfg.freeze_text:
+        generator.text.requires_grad_(False)
     fake = copy.deepcopy(teacher).requires_grad_(True).train() if critic else None
     return EditorModels(generator, fake, teacher, judge)
 

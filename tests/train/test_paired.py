@@ -78,6 +78,24 @@ def test_drop_words_rate_and_bounds():
         drop_words(text, 1.0, 0)
 
 
+def test_freeze_text_trains_the_dit_and_keeps_the_teachers_text_encoder(tiny_models, tmp_path):
+    cfg = load_config(
+        TrainConfig,
+        "configs/shapes/editor.yaml",
+        tiny_overrides(tiny_models, tmp_path, **{"models.freeze_text": "true"}),
+    )
+    models = load_models(cfg.models)
+    text0 = {k: v.clone() for k, v in models.generator.text.state_dict().items()}
+    dit0 = {k: v.clone() for k, v in models.generator.dit.state_dict().items()}
+    trainer = PairedTrainer(cfg, models)
+    trainer.train()
+    text, dit = trainer.gen.module.text.state_dict(), trainer.gen.module.dit.state_dict()
+    for k, v in text0.items():
+        torch.testing.assert_close(text[k], v, rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(v, models.teacher.text.state_dict()[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(dit[k], v) for k, v in dit0.items())
+
+
 def test_drop_words_never_hides_kept_words():
     text = "Make the red circle, Striped. into the top left"
     keep = frozenset({"the", "red", "circle", "striped", "top", "left"})
