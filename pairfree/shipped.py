@@ -13,7 +13,7 @@ from pairfree.judge.qwen import load_qwen_judge
 from pairfree.models.bundle import FlowModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-KINDS = ("teacher", "judge", "evaluator", "editor")
+KINDS = ("teacher", "judge", "evaluator", "editor", "sft")  # sft: the supervised yardstick (an editor told the answer)
 NAMES = tuple(f"{world}-{kind}" for world in ("lite", "shapes") for kind in KINDS)
 
 
@@ -35,14 +35,13 @@ def pretrained(name: str, path: str | Path | None = None):
     if not root.is_dir():
         world, kind = name.split("-")
         configs = "configs/lite" if world == "lite" else "configs/shapes"
-        how = (
-            f"`pairfree train --config {configs}/editor.yaml`, then copy runs/editor/model there"
-            if kind == "editor"
-            else f"`pairfree pretrain {kind} --config {configs}/{kind}.yaml --set ship=true`"
-        )
+        how = {
+            "editor": f"`pairfree train --config {configs}/editor.yaml`, then copy runs/editor/model there",
+            "sft": f"`pairfree train --config {configs}/yardstick.yaml`, then copy its model/ there",
+        }.get(kind, f"`pairfree pretrain {kind} --config {configs}/{kind}.yaml --set ship=true`")
         raise FileNotFoundError(f"{root}: not found. Train it with {how}")
     kind = name.split("-")[1]
-    if kind == "editor":
+    if kind in ("editor", "sft"):
         return EditPipeline.from_pretrained(root)
     if kind == "evaluator":
         return Evaluator.from_pretrained(root).eval()

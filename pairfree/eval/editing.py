@@ -221,29 +221,48 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
     info = json.loads((model_dir / "train.json").read_text()) if (model_dir / "train.json").is_file() else {}
     cfg = info.get("config", {})
     loss, models = cfg.get("loss", {}), cfg.get("models", {})
-    lines = [
-        "# shapes-editor",
-        "",
-        "A few-step (4-step) image editor of the shapes world, trained *without a single edited image*: the "
-        "generator starts from the shipped text-to-image teacher (+ zero-initialised reference conditioning), "
-        "learns to copy its reference, then learns to edit from "
-        + (
-            "the frozen judge's Yes/No answers (gradients through the unrolled sampler) and "
-            if loss.get("vlm_weight")
-            else ""
+    start = f"the editor `{models['generator']}`" if models.get("generator") else "the shipped text-to-image teacher"
+    if info.get("trainer") == "paired":
+        what = (
+            "A few-step (4-step) image editor of the shapes world trained *with* pairs: the supervised yardstick. "
+            "The generator starts from the shipped text-to-image teacher (+ zero-initialised reference "
+            "conditioning), learns to copy its reference, then regresses the flow toward the ground-truth edited "
+            "image — the pairs the pair-free method never sees. It is the horizon pair-free training is measured "
+            "against, and the SFT model the paper's RL comparison starts from (docs/design.md)."
         )
-        + "DMD against the teacher (docs/design.md).",
+    else:
+        what = (
+            f"A few-step (4-step) image editor of the shapes world, trained *without a single edited image*: the "
+            f"generator starts from {start} (+ zero-initialised reference conditioning), "
+            + ("learns to copy its reference, then " if info.get("copy_steps") else "")
+            + "learns to edit from "
+            + (
+                "the frozen judge's Yes/No answers (gradients through the unrolled sampler) and "
+                if loss.get("vlm_weight")
+                else ""
+            )
+            + "DMD against the teacher (docs/design.md)."
+        )
+    editing = "supervised" if info.get("trainer") == "paired" else "pair-free"
+    lines = [
+        f"# {model_dir.resolve().name}",
+        "",
+        what,
         "",
         "## Training",
         "",
         f"- teacher `{models.get('teacher', '?')}`, judge `{models.get('judge', '?')}`, "
         f"{models.get('resolution', '?')}² pixels; batch {cfg.get('batch', '?')}",
-        f"- steps: {info.get('copy_steps', '?')} reference-copy + {info.get('edit_steps', '?')} pair-free editing "
+        f"- steps: {info.get('copy_steps', '?')} reference-copy + {info.get('edit_steps', '?')} {editing} editing "
         f"({info.get('skipped', 0)} skipped updates)",
-        f"- loss: VLM weight {loss.get('vlm_weight', '?')}, DMD weight {loss.get('dmd_weight', '?')} (fake: "
-        f"{loss.get('dmd_fake', 'critic')}, t ∈ [{loss.get('dmd_t_min', '?')}, {loss.get('dmd_t_max', '?')}]), pixel "
-        f"L1 {loss.get('pixel_identity_weight', 0)}, judge noise {loss.get('judge_noise', 0)}; "
-        f"lr {cfg.get('optim', {}).get('lr', '?')}",
+        (
+            "- loss: the flow loss toward the ground-truth edit at the sampler's timesteps"
+            if editing == "supervised"
+            else f"- loss: VLM weight {loss.get('vlm_weight', '?')}, DMD weight {loss.get('dmd_weight', '?')} (fake: "
+            f"{loss.get('dmd_fake', 'critic')}, t ∈ [{loss.get('dmd_t_min', '?')}, {loss.get('dmd_t_max', '?')}]), "
+            f"pixel L1 {loss.get('pixel_identity_weight', 0)}, judge noise {loss.get('judge_noise', 0)}"
+        )
+        + f"; lr {cfg.get('optim', {}).get('lr', '?')}",
         f"- wall time: {info.get('wall_min', '?')} min on this CPU ({info.get('threads', '?')} thread(s)), "
         f"{info.get('date', '?')}",
         "",

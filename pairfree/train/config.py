@@ -21,7 +21,7 @@ class ModelsConfig:
     format: str = "shapes"
     teacher: str = "shapes-teacher"
     judge: str = "shapes-judge"
-    generator: str = ""  # shapes: an editor directory (a run's model/) to start the generator from (default: teacher)
+    generator: str = ""  # shapes: an editor to start the generator from (lite-sft, or a run's model/; default: teacher)
     # shapes: keep the generator's text encoder the teacher's, frozen (as the paper's Gemma; diffusers: always frozen)
     freeze_text: bool = False
     resolution: int = 32  # image side the editor works at

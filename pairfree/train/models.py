@@ -73,8 +73,8 @@ def load_models(cfg: ModelsConfig, critic: bool = True, world=None) -> EditorMod
     if not teacher.dit.config.reference:
         raise ValueError("models.teacher: the DiT was built with reference=False; the editor needs reference tokens")
     generator = FlowModel(with_reference_skip(teacher.dit), copy.deepcopy(teacher.text)).requires_grad_(True).train()
-    if cfg.generator:  # continue from a trained editor (e.g. the supervised yardstick's model/)
-        load_generator(generator, Path(cfg.generator), world)
+    if cfg.generator:  # continue from a trained editor (a shipped name such as lite-sft, or a run's model/)
+        load_generator(generator, WEIGHTS_DIR / cfg.generator if cfg.generator in NAMES else Path(cfg.generator), world)
     if cfg.freeze_text:
         generator.text.requires_grad_(False)
     fake = copy.deepcopy(teacher).requires_grad_(True).train() if critic else None

@@ -133,3 +133,15 @@ def test_a_run_starts_from_a_trained_editor(tiny_models, tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     with pytest.raises(CheckpointError, match="is not an editor directory"):
         _grpo(tiny_models, tmp_path / "third", **{"models.generator": str(tmp_path)})
+
+
+def test_the_shipped_sft_model_starts_a_run_by_name():
+    """``models.generator: lite-sft``: the shipped supervised yardstick, by name (the demo's and the RL rows' start)."""
+    from pairfree.shipped import pretrained
+    from pairfree.train.config import ModelsConfig
+
+    shipped = pretrained("lite-sft")
+    cfg = ModelsConfig(teacher="lite-teacher", judge="lite-judge", generator="lite-sft")
+    generator = load_models(cfg, critic=False, world=LITE).generator
+    for (name, p), q in zip(generator.state_dict().items(), shipped.generator.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
