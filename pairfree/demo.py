@@ -52,17 +52,36 @@ def _time_ms(fn, repeats=10):
     return 1e3 * sorted(t)[len(t) // 2]
 
 
-# The demo's editor trains one sub-type: this generator learns a sub-type only after on the order of a thousand
-# editing steps of it (results/editor_experiments/: background edits alone, 1,500 steps -> 6 complete edits of 200;
-# the same steps shared by five sub-types -> 0), and this 2-core CPU gives ~1,300-1,400 in the demo's minutes.
-# Backgrounds are the sub-type the teacher draws best (its baseline's edit success 1.0). The benchmark has all eight.
-DEMO_MIX = {"color": 0, "texture": 0, "background": 1, "add": 0, "remove": 0, "replace": 0, "adjust": 0, "style": 0}
+def editor_config(spec) -> tuple[Path, str]:
+    """The demo editor's config and what it starts from: NP-Edit from the world's shipped supervised editor
+    (``configs/<world>/finetune.yaml``, the paper's SFT → +NP-Edit) when both are there; else NP-Edit from the
+    teacher's copy warm-up (``editor.yaml``), which makes no complete edit in a CPU demo's minutes
+    (docs/experiments/ablations.md)."""
+    configs = Path(__file__).resolve().parents[1] / "configs" / world_prefix(spec)
+    sft = model_name("sft", spec)
+    if (configs / "finetune.yaml").is_file() and (WEIGHTS_DIR / sft).is_dir():
+        return configs / "finetune.yaml", sft
+    return configs / "editor.yaml", ""
 
 
 def editor_overrides(run_dir, seed: int, minutes: float) -> list[str]:
-    """The demo's ``--set`` overrides of the world's ``editor.yaml``: its run directory, seed, time and mix."""
-    mix = [f"mix.{kind}={share}" for kind, share in DEMO_MIX.items()]
-    return [f"out={run_dir}", f"seed={seed}", f"max_minutes={minutes}", *mix]
+    """The demo's ``--set`` overrides of its config: run directory, seed and time (every sub-type is trained)."""
+    return [f"out={run_dir}", f"seed={seed}", f"max_minutes={minutes}"]
+
+
+def subtype_table(results: dict) -> tuple[str, dict]:
+    """Complete edit per sub-type for every system, and per sub-type whether the editor beats every baseline
+    (identity, teacher) there."""
+    kinds = [k for k in results["editor"] if k != "overall"]
+    lines = ["| system | overall | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 2) + "|"]
+    for system, res in results.items():
+        cells = [f"{res[k]['complete edit']:.2f}" for k in ("overall", *kinds)]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    baselines = [b for b in ("identity", "teacher (edited caption)") if b in results]
+    beats = {
+        k: all(results["editor"][k]["complete edit"] > results[b][k]["complete edit"] for b in baselines) for k in kinds
+    }
+    return "\n".join(lines) + "\n", beats
 
 
 def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0, world: str = "lite") -> int:
@@ -153,35 +172,46 @@ def run(out_dir: str = "results/demo", seed: int = 0, minutes: float = 14.0, wor
 
 
 def _editor(out: Path, seed: int, minutes: float, spec) -> dict | None:
-    """Train the editor for ``minutes`` (the world's ``editor.yaml`` on the sub-types of ``DEMO_MIX``),
-    evaluate it and both baselines on a 25-per-type benchmark of all sub-types (held-out templates); writes
-    editor_grid.png, editor_loss.png, editor_metrics.md."""
+    """Train the editor for ``minutes`` on all eight sub-types (:func:`editor_config`), then read it, its
+    starting model and both baselines on a 25-per-type benchmark (held-out wording); writes editor_grid.png,
+    editor_loss.png, editor_heldout.png, editor_metrics.md."""
     import shutil
 
     missing = [n for n in (model_name(k, spec) for k in ("teacher", "judge")) if not (WEIGHTS_DIR / n).is_dir()]
     if missing:
         print(f"\n== editor: skipped (no shipped {', '.join(missing)} in this package) ==")
         return None
-    config = Path(__file__).resolve().parents[1] / "configs" / world_prefix(spec) / "editor.yaml"
+    config, start = editor_config(spec)
     if not config.is_file():
         print(f"\n== editor: skipped ({config} not found: run the demo from a source checkout) ==")
         return None
     run_dir = out / "editor_run"
     sets = editor_overrides(run_dir, seed, minutes)
     cfg = load_config(TrainConfig, config, sets)
-    kinds = ", ".join(kind for kind, share in DEMO_MIX.items() if share)
-    print(f"\n== editor: pair-free training for at most {minutes:g} min ({config.name}, {kinds} edits only:"
-          f" --set {' '.join(sets)}) ==")  # fmt: skip
+    origin = f"from the shipped supervised editor {start}" if start else "from the teacher's copy warm-up"
+    print(f"\n== editor: NP-Edit {origin}, all eight sub-types, at most {minutes:g} min ({config.name}: --set "
+          f"{' '.join(sets)}) ==")  # fmt: skip
     EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic, world=spec)).train()
     bench = save_bench(out / "bench", n_per_type=25, seed=seed, spec=spec)
     results = evaluate(run_dir / "model", bench, out / "editor_eval")
-    print(markdown_table({k: {"overall": v["overall"]} for k, v in results.items()}))
+    if start:  # what NP-Edit started from, on the same benchmark
+        begun = evaluate(WEIGHTS_DIR / start, bench, out / "start_eval", baselines=())["editor"]
+        results = {"editor": results.pop("editor"), f"start ({start})": begun, **results}
+    table, beats = subtype_table(results)
+    verdict = ", ".join(f"{k} {'yes' if ok else '**no**'}" for k, ok in beats.items())
+    text = (f"{table}\nComplete edit, 200 held-out edits read by the evaluator. The editor above both baselines "
+            f"(identity, teacher) on: {verdict}.\n")  # fmt: skip
+    print(text)
+    (out / "editor_metrics.md").write_text(text + "\n" + markdown_table(results))
     for src, dst in (("editor_eval/grid.png", "editor_grid.png"), ("editor_run/loss.png", "editor_loss.png"),
-                     ("editor_eval/metrics.md", "editor_metrics.md")):  # fmt: skip
-        shutil.copyfile(out / src, out / dst)
-    overall = {k: v["overall"]["complete edit"] for k, v in results.items()}
-    print(f"complete-edit rate: {overall}")
-    return overall
+                     ("editor_run/heldout.png", "editor_heldout.png")):  # fmt: skip
+        if (out / src).is_file():
+            shutil.copyfile(out / src, out / dst)
+    return {
+        "start": start or "copy warm-up",
+        "complete edit": {k: v["overall"]["complete edit"] for k, v in results.items()},
+        "beats both baselines": beats,
+    }
 
 
 def _shipped_models(out: Path, seed: int, spec) -> dict:
