@@ -483,8 +483,12 @@ class EditorTrainer:
         shutil.rmtree(tmp, ignore_errors=True)
         self.export(tmp)
         (tmp / "best.json").write_text(json.dumps(row, indent=1) + "\n")
-        shutil.rmtree(self.out / "best", ignore_errors=True)
-        os.replace(tmp, self.out / "best")
+        best, old = self.out / "best", self.out / "best.old"
+        if best.is_dir():  # swap by renames: a complete best/ exists at every moment but between them
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(best, old)
+        os.replace(tmp, best)
+        shutil.rmtree(old, ignore_errors=True)
 
     @torch.no_grad()
     def heldout_metrics(self) -> dict:
