@@ -37,7 +37,8 @@ def pretrained(name: str, path: str | Path | None = None):
         configs = "configs/lite" if world == "lite" else "configs/shapes"
         how = {
             "editor": f"`pairfree train --config {configs}/editor.yaml`, then copy runs/editor/model there",
-            "sft": f"`pairfree train --config {configs}/yardstick.yaml`, then copy its model/ there",
+            "sft": f"`pairfree train --config {configs}/editor.yaml --set trainer=paired` (lite: yardstick.yaml), "
+            "then copy its model/ there",
         }.get(kind, f"`pairfree pretrain {kind} --config {configs}/{kind}.yaml --set ship=true`")
         raise FileNotFoundError(f"{root}: not found. Train it with {how}")
     kind = name.split("-")[1]
