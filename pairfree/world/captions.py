@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 
@@ -54,6 +55,7 @@ def caption(scene: Scene, seed: int = 0) -> str:
     return text[0].upper() + text[1:]
 
 
+@functools.cache  # the trainer asks every step; a spec is frozen
 def caption_words(spec) -> frozenset[str]:
     """Every word a caption of ``spec``'s world can use (lower case): the vocabulary the teacher's text encoder
     learnt. Instruction words outside it (verbs, prepositions) are the ones a caption-trained encoder never saw."""
