@@ -171,8 +171,15 @@ class DataConfig:
     # never use, i.e. the instruction's verbs and prepositions; colours, shapes, places are always read; measured on
     # the lite yardstick at 0.3 and 0.6: no gain on the benchmark's new phrasings, docs/experiments/lite-world.md)
     word_dropout_scope: str = "all"
+    # world data: the training phrasings the generator reads, "train" or "wide" (more phrasings from one grammar, so
+    # a verb no longer names the edit type; pairfree.world.edits; the judge reads them in its questions too)
+    templates: str = "train"
 
     def __post_init__(self):
+        if self.templates not in ("train", "wide"):
+            raise ValueError(f"data.templates: expected 'train' or 'wide', got {self.templates!r}")
+        if self.templates != "train" and self.source != "world":
+            raise ValueError(f"data.templates: {self.templates!r} words shapes-world edits; it needs data.source=world")
         if self.word_dropout_scope not in ("all", "non_caption"):
             raise ValueError(
                 f"data.word_dropout_scope: expected 'all' or 'non_caption', got {self.word_dropout_scope!r}"

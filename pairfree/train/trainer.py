@@ -73,7 +73,7 @@ def editor_data(cfg: TrainConfig, rank: int, world_size: int, spec):
     common = dict(seed=cfg.seed, resolution=cfg.models.resolution, rank=rank, world_size=world_size)
     if cfg.data.source == "jsonl":
         return JsonlEditorDataset(cfg.data.path, cfg.data.image_root, min_side=cfg.data.min_side, **common)
-    return EditorDataset(10**12, mix=cfg.mix, split="train", spec=spec, **common)
+    return EditorDataset(10**12, mix=cfg.mix, templates=cfg.data.templates, split="train", spec=spec, **common)
 
 
 def seeded(seed: int, stream: str, index: int, device) -> torch.Generator:

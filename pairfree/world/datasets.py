@@ -171,15 +171,18 @@ EDITOR_KEYS = ("image", "instruction", "edited_caption", "source_caption", "type
 class EditorDataset(WorldDataset):
     """What the pair-free editor trains on: the input image, the instruction, the edited caption (the DMD
     teacher's prompt) and the two judge questions with their targets. No target image, no edited scene, no
-    mask. ``mix`` sets the edit-type mix; instructions come from the training templates only."""
+    mask. ``mix`` sets the edit-type mix; instructions come from a training template set (``templates``: "train"
+    or "wide"), never the benchmark's."""
 
-    def __init__(self, length: int, mix: dict | None = None, **kw):
+    def __init__(self, length: int, mix: dict | None = None, templates: str = "train", **kw):
         super().__init__(length, **kw)
-        self.mix = check_mix(mix or DEFAULT_MIX)
+        if templates not in ("train", "wide"):
+            raise ValueError(f"templates: expected a training set, 'train' or 'wide', got {templates!r}")
+        self.mix, self.templates = check_mix(mix or DEFAULT_MIX), templates
 
     def example(self, index: int):
         s = item_seed(self.seed, self.split, index)
-        return sample_edit(s, self.mix, templates="train", spec=self.spec), s
+        return sample_edit(s, self.mix, templates=self.templates, spec=self.spec), s
 
     def __getitems__(self, js):
         examples = [self.example(self.global_index(j)) for j in js]

@@ -98,6 +98,24 @@ TEMPLATES = {
         "outline": ["I want only outlines", "the image should be an outline drawing"],
     },
 }
+# "wide": the training phrasings plus more from one grammar, for the instruction-diversity probe (`data.templates`).
+# Each object or background attribute is set with the shared frames "make X V", "turn X V" (replace: "turn X into
+# V"), "change the ATTR of X to V", "make the ATTR of X V", "change X to V" and "paint X V" (colour and pattern
+# only), and "remove X from the picture/image" and "put X in the ..." join remove, add and move; every frame that
+# is a held-out or unseen phrasing is left out (tested). So a verb no longer names the edit type in training: the
+# value word does, as in an LLM-written instruction set. The words are the world's own (no tokenizer change).
+_WIDE_EXTRA = {
+    "color": ["turn {obj} {color}", "make the color of {obj} {color}"],
+    "texture": ["turn {obj} {texture}", "paint {obj} {texture}"],
+    "background_color": ["turn the background {color}", "change the color of the background to {color}"],
+    "background_texture": ["turn the background {texture}", "paint the background {texture}"],
+    "add": ["put {new} in the {where}", "draw {new} at the {where}"],
+    "remove": ["remove {obj} from the picture", "delete {obj} from the image"],
+    "replace": ["change the shape of {obj} to a {shape}", "make the shape of {obj} a {shape}"],
+    "resize": ["turn {obj} {size}"],
+    "move": ["put {obj} in the {where}", "shift {obj} into the {where}"],
+}
+TEMPLATES["wide"] = {form: ts + _WIDE_EXTRA.get(form, []) for form, ts in TEMPLATES["train"].items()}
 DO_NOTHING = "do nothing"
 
 
@@ -265,7 +283,7 @@ def instruction_choices(scene: Scene, kind: str, params: dict, templates: str = 
 
 
 def instruction_text(scene: Scene, kind: str, params: dict, rng: random.Random, templates: str = "train") -> str:
-    """An instruction for the edit, drawn from the ``templates`` set ("train", "heldout" or "unseen")."""
+    """An instruction for the edit, drawn from the ``templates`` set ("train", "wide", "heldout" or "unseen")."""
     return rng.choice(instruction_choices(scene, kind, params, templates))
 
 

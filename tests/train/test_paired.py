@@ -15,7 +15,7 @@ from pairfree.train.models import load_models
 from pairfree.train.paired import PairedTrainer
 from pairfree.train.run import main
 from pairfree.world.captions import caption_words
-from pairfree.world.edits import render_edits
+from pairfree.world.edits import instruction_choices, render_edits
 
 from .conftest import tiny_overrides
 
@@ -121,6 +121,25 @@ def test_non_caption_scope_hides_only_words_the_captions_never_use(tiny_models, 
     assert hidden > 0 and kept > 0  # a probability, not all or nothing
     with pytest.raises(ValueError, match="word_dropout_scope"):
         load_config(TrainConfig, "configs/shapes/editor.yaml", [*sets, "data.source=jsonl", "data.path=x.jsonl"])
+
+
+def test_wide_templates_word_the_same_training_edits(tiny_models, tmp_path):
+    """``data.templates=wide``: the same training edits (type, parameters, images) as "train", worded from the wide
+    set, some with phrasings "train" lacks; a benchmark wording or a non-world source is refused."""
+    sets = tiny_overrides(tiny_models, tmp_path, batch=8)
+    plain = PairedTrainer(cfg := load_config(TrainConfig, "configs/shapes/editor.yaml", sets), load_models(cfg.models))
+    wide_cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", [*sets, "data.templates=wide"])
+    wide = PairedTrainer(wide_cfg, load_models(wide_cfg.models))
+    new = 0
+    for j in range(64):
+        (a, _), (b, _) = plain.data.example(j), wide.data.example(j)
+        assert (a.kind, a.params, a.source) == (b.kind, b.params, b.source)
+        assert b.instruction in instruction_choices(b.source, b.kind, b.params, "wide")
+        new += b.instruction not in instruction_choices(b.source, b.kind, b.params, "train")
+    assert new > 0
+    for bad in (["data.templates=heldout"], ["data.templates=wide", "data.source=jsonl", "data.path=x.jsonl"]):
+        with pytest.raises(ValueError, match="data.templates"):
+            load_config(TrainConfig, "configs/shapes/editor.yaml", [*sets, *bad])
 
 
 def test_flow_loss_t_values_draws_only_the_sampler_timesteps():

@@ -2,8 +2,10 @@
 edits, the type mix holds, templates stay separate, and instruction records round-trip."""
 
 import dataclasses
+import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,6 +133,7 @@ def _matches(instruction: str, split: str) -> bool:
 
 def test_template_sets_word_the_same_edit_differently():
     assert TEMPLATES["train"].keys() == TEMPLATES["heldout"].keys() == TEMPLATES["unseen"].keys()
+    assert TEMPLATES["wide"].keys() == TEMPLATES["train"].keys()
     for s in range(300):
         edits = {t: sample_edit(s, templates=t) for t in TEMPLATES}
         train = edits["train"]
@@ -139,6 +142,27 @@ def test_template_sets_word_the_same_edit_differently():
             assert (e.kind, e.params) == (train.kind, train.params)
             assert e.instruction in wordings[t], (t, e.instruction)
         assert not wordings["train"] & wordings["heldout"] and not wordings["train"] & wordings["unseen"]
+        assert not wordings["wide"] & wordings["heldout"] and not wordings["wide"] & wordings["unseen"]
+        assert wordings["train"] <= wordings["wide"]
+
+
+def test_wide_templates_share_verbs_across_edit_types_with_the_worlds_words():
+    """The "wide" training set makes a verb ambiguous between edit types (its reason to exist) and uses only words
+    the shipped text encoders' tokenizers know (they were built before it)."""
+    def verbs(split):
+        first = {}
+        for form in ("color", "texture", "replace", "resize"):
+            for t in TEMPLATES[split][form]:
+                first.setdefault(t.split()[0], set()).add(form)
+        return first
+
+    assert verbs("wide")["turn"] == {"color", "texture", "replace", "resize"}
+    assert verbs("wide")["make"] == {"color", "texture", "replace", "resize"}
+    assert "replace" not in verbs("train")["make"]
+    known = set(json.loads(Path("pairfree/weights/lite-teacher/text/tokenizer.json").read_text())["model"]["vocab"])
+    known &= set(json.loads(Path("pairfree/weights/shapes-teacher/text/tokenizer.json").read_text())["model"]["vocab"])
+    wide = {w for ts in TEMPLATES["wide"].values() for t in ts for w in _words(re.sub(r"\{\w+\}", "", t))}
+    assert wide <= known, sorted(wide - known)
 
 
 def _words(text: str) -> set[str]:
