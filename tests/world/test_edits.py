@@ -149,6 +149,7 @@ def test_template_sets_word_the_same_edit_differently():
 def test_wide_templates_share_verbs_across_edit_types_with_the_worlds_words():
     """The "wide" training set makes a verb ambiguous between edit types (its reason to exist) and uses only words
     the shipped text encoders' tokenizers know (they were built before it)."""
+
     def verbs(split):
         first = {}
         for form in ("color", "texture", "replace", "resize"):
