@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pairfree.device import check_device_name
 from pairfree.engine.precision import check_mode as check_precision
-from pairfree.world.edits import DEFAULT_MIX
+from pairfree.world.edits import DEFAULT_MIX, TRAINING_TEMPLATES
 
 
 @dataclass
@@ -177,8 +177,8 @@ class DataConfig:
     templates: str = "train"
 
     def __post_init__(self):
-        if self.templates not in ("train", "wide"):
-            raise ValueError(f"data.templates: expected 'train' or 'wide', got {self.templates!r}")
+        if self.templates not in TRAINING_TEMPLATES:
+            raise ValueError(f"data.templates: expected one of {TRAINING_TEMPLATES}, got {self.templates!r}")
         if self.templates != "train" and self.source != "world":
             raise ValueError(f"data.templates: {self.templates!r} words shapes-world edits; it needs data.source=world")
         if self.word_dropout_scope not in ("all", "non_caption"):

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pairfree.world.captions import caption
-from pairfree.world.edits import DEFAULT_MIX, check_mix, sample_edit
+from pairfree.world.edits import DEFAULT_MIX, TRAINING_TEMPLATES, check_mix, sample_edit
 from pairfree.world.render import render
 from pairfree.world.scene import sample_scene
 from pairfree.world.spec import FULL, WorldSpec
@@ -176,8 +176,8 @@ class EditorDataset(WorldDataset):
 
     def __init__(self, length: int, mix: dict | None = None, templates: str = "train", **kw):
         super().__init__(length, **kw)
-        if templates not in ("train", "wide"):
-            raise ValueError(f"templates: expected a training set, 'train' or 'wide', got {templates!r}")
+        if templates not in TRAINING_TEMPLATES:
+            raise ValueError(f"templates: expected a training set, one of {TRAINING_TEMPLATES}, got {templates!r}")
         self.mix, self.templates = check_mix(mix or DEFAULT_MIX), templates
 
     def example(self, index: int):

@@ -116,6 +116,7 @@ _WIDE_EXTRA = {
     "move": ["put {obj} in the {where}", "shift {obj} into the {where}"],
 }
 TEMPLATES["wide"] = {form: ts + _WIDE_EXTRA.get(form, []) for form, ts in TEMPLATES["train"].items()}
+TRAINING_TEMPLATES = ("train", "wide")  # the sets a model may train on; "heldout" and "unseen" word benchmarks
 DO_NOTHING = "do nothing"
 
 

@@ -14,8 +14,10 @@ from pairfree.train.losses import flow_loss
 from pairfree.train.models import load_models
 from pairfree.train.paired import PairedTrainer
 from pairfree.train.run import main
+from pairfree.train.trainer import editor_data
 from pairfree.world.captions import caption_words
 from pairfree.world.edits import instruction_choices, render_edits
+from pairfree.world.spec import get_spec
 
 from .conftest import tiny_overrides
 
@@ -127,12 +129,14 @@ def test_wide_templates_word_the_same_training_edits(tiny_models, tmp_path):
     """``data.templates=wide``: the same training edits (type, parameters, images) as "train", worded from the wide
     set, some with phrasings "train" lacks; a benchmark wording or a non-world source is refused."""
     sets = tiny_overrides(tiny_models, tmp_path, batch=8)
-    plain = PairedTrainer(cfg := load_config(TrainConfig, "configs/shapes/editor.yaml", sets), load_models(cfg.models))
-    wide_cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", [*sets, "data.templates=wide"])
-    wide = PairedTrainer(wide_cfg, load_models(wide_cfg.models))
+    plain, wide = (
+        editor_data(cfg := load_config(TrainConfig, "configs/shapes/editor.yaml", [*sets, *more]), 0, 1,
+                    get_spec(cfg.world))
+        for more in ([], ["data.templates=wide"])
+    )  # fmt: skip
     new = 0
     for j in range(64):
-        (a, _), (b, _) = plain.data.example(j), wide.data.example(j)
+        (a, _), (b, _) = plain.example(j), wide.example(j)
         assert (a.kind, a.params, a.source) == (b.kind, b.params, b.source)
         assert b.instruction in instruction_choices(b.source, b.kind, b.params, "wide")
         new += b.instruction not in instruction_choices(b.source, b.kind, b.params, "train")
