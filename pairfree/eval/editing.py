@@ -252,7 +252,8 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
         "## Training",
         "",
         f"- teacher `{models.get('teacher', '?')}`, judge `{models.get('judge', '?')}`, "
-        f"{models.get('resolution', '?')}² pixels; batch {cfg.get('batch', '?')}",
+        f"{models.get('resolution', '?')}² pixels; batch {cfg.get('batch', '?')}"
+        + (f" per rank × {info['ranks']} ranks" if info.get("ranks", 1) > 1 else ""),
         f"- steps: {info.get('copy_steps', '?')} reference-copy + {info.get('edit_steps', '?')} {editing} editing "
         f"({info.get('skipped', 0)} skipped updates)",
         (
@@ -263,7 +264,9 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
             f"pixel L1 {loss.get('pixel_identity_weight', 0)}, judge noise {loss.get('judge_noise', 0)}"
         )
         + f"; lr {cfg.get('optim', {}).get('lr', '?')}",
-        f"- wall time: {info.get('wall_min', '?')} min on this CPU ({info.get('threads', '?')} thread(s)), "
+        f"- wall time: {info.get('wall_min', '?')} min on this CPU ({info.get('threads', '?')} thread(s)"
+        + (" per rank" if info.get("ranks", 1) > 1 else "")
+        + "), "
         f"{info.get('date', '?')}",
         "",
         f"## Benchmark ({bench_dir}: held-out scenes and instruction templates)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import torch
 
@@ -58,7 +59,18 @@ def train(args, trainer: str | None = None) -> int:
     if trainer.is_main:
         print(json.dumps({"step": trainer.step, "skipped": trainer.skipped, **logs}, indent=1, sort_keys=True))
         print(f"{what} in {cfg.out}/model; metrics.jsonl, loss.png and samples/ in {cfg.out}")
+    if distributed:
+        leave_launched_rank()
     return 0
+
+
+def leave_launched_rank() -> None:
+    """End a launched rank now that its run is saved and the process group is left: skip the interpreter's
+    teardown, where gloo's threads may still release tensors after Python is gone and abort the rank
+    ("terminate called without an active exception", exit -6: seen in CI on a finished 2-rank DeepSpeed run)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv=None, trainer: str | None = None, prog: str = "python -m pairfree.train") -> int:

@@ -463,6 +463,7 @@ class EditorTrainer:
             "skipped": self.skipped,
             "wall_min": round(self.wall / 60, 1),
             "threads": torch.get_num_threads(),
+            "ranks": self.world_size,
             "date": time.strftime("%Y-%m-%d"),
             "command": command_line(),
             "config": to_dict(self.cfg),

@@ -95,6 +95,7 @@ def test_torchrun_two_ranks_match_single_process_and_resume(tiny_models, tmp_pat
     common = {"loss.do_nothing_prob": 0.0, "distributed.backend": "torch", "trainer": trainer, "threads": 1}
     proc = _torchrun(tiny_overrides(tiny_models, tmp_path / "two", batch=2, **common))
     assert proc.stdout.count("editor in ") == 1  # rank 1 says nothing
+    assert json.loads((tmp_path / "two" / "model" / "train.json").read_text())["ranks"] == 2  # the card says it
     assert cli(["train", "--config", "configs/shapes/editor.yaml", "--set",
                 *tiny_overrides(tiny_models, tmp_path / "one", batch=4, **common)]) == 0  # fmt: skip
     rows = {

@@ -110,6 +110,7 @@ def test_eval_card_records_training_and_the_benchmark_table(editor_dir, bench_di
     card = (editor_dir / "MODEL_CARD.md").read_text()
     res = json.loads((tmp_path / "metrics.json").read_text())
     assert "1 reference-copy + 1 pair-free editing" in card
+    assert train["ranks"] == 1 and "per rank" not in card
     assert f"| **editor** | overall | 48 | {res['editor']['overall']['complete edit']:.3f} |" in card
     complete = res["editor"]["overall"]["complete edit"]  # a 2-step random editor: far below the 0.80 goal
     assert f"| complete edit | {complete:.3f} | 0.8 | **no** |" in card
