@@ -191,7 +191,7 @@ def _editor(out: Path, seed: int, minutes: float, spec) -> dict | None:
     origin = f"from the shipped supervised editor {start}" if start else "from the teacher's copy warm-up"
     print(f"\n== editor: NP-Edit {origin}, all eight sub-types, at most {minutes:g} min ({config.name}: --set "
           f"{' '.join(sets)}) ==")  # fmt: skip
-    EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic, world=spec)).train()
+    EditorTrainer(cfg, load_models(cfg.models, critic=cfg.uses_critic, world=spec)).train()
     bench = save_bench(out / "bench", n_per_type=25, seed=seed, spec=spec)
     results = evaluate(run_dir / "model", bench, out / "editor_eval")
     if start:  # what NP-Edit started from, on the same benchmark

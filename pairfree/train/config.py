@@ -91,11 +91,6 @@ class LossConfig:
     # flat region adds none) — neither the judge nor a weak teacher's DMD penalises the noise an editor can add
     noise_weight: float = 0.0
 
-    @property
-    def uses_critic(self) -> bool:
-        """DMD's fake is the online critic (the delta score needs none: no critic is built, trained or saved)."""
-        return self.dmd_fake == "critic"
-
 
 @dataclass
 class OptimConfig:
@@ -229,6 +224,13 @@ class TrainConfig:
     # the mask — logged beside the training signal (reward hacking in view); the best so far is exported to best/
     heldout_every: int = 0
     heldout_items: int = 32
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether the run trains DMD's online critic: the pair-free trainer with DMD on and the critic as its fake.
+        The delta score, DMD off (``loss.dmd_weight: 0``), the supervised and the GRPO trainers need none, so none
+        is built, trained or saved."""
+        return self.trainer == "pair-free" and self.loss.dmd_fake == "critic" and self.loss.dmd_weight > 0
 
     def __post_init__(self):
         check_device_name(self.device)

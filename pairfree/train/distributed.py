@@ -65,7 +65,7 @@ def build_distributed_trainer(cfg: TrainConfig, models: EditorModels, trainer_cl
     # only their DiTs (a parameter must belong to one ZeRO-3 engine), the frozen one holds the rest
     shared_text = models.generator.text is models.teacher.text
     oc = cfg.optim
-    trained = [("generator", oc.lr)] + ([("critic", oc.critic_lr)] if cfg.loss.uses_critic else [])
+    trained = [("generator", oc.lr)] + ([("critic", oc.critic_lr)] if cfg.uses_critic else [])
     for name, lr in trained:
         module = getattr(models, name).dit if shared_text else getattr(models, name)
         engines[name] = trained_engine(module, lr, oc.betas, oc.weight_decay, ds_config(cfg, lr, True, on_gpu))

@@ -44,7 +44,7 @@ def train(args, trainer: str | None = None) -> int:
     if cfg.data.source == "jsonl":
         read_records(cfg.data.path)  # a bad file fails here, before minutes of model loading
     trainer_cls = TRAINERS[cfg.trainer]
-    models = load_models(cfg.models, critic=cfg.loss.uses_critic, world=get_spec(cfg.world))
+    models = load_models(cfg.models, critic=cfg.uses_critic, world=get_spec(cfg.world))
     if deepspeed:
         trainer = build_distributed_trainer(cfg, models, trainer_cls)
     elif distributed:  # torchrun: plain data parallelism

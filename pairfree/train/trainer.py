@@ -111,7 +111,7 @@ class EditorTrainer:
             "generator", models.generator, oc.lr, oc.betas, oc.weight_decay, oc.grad_clip, scaler()
         )
         self.critic = None  # DMD with the delta score has no critic
-        if cfg.loss.uses_critic:
+        if cfg.uses_critic:
             if models.critic is None:
                 raise ValueError("loss.dmd_fake = 'critic' needs a critic: load_models(..., critic=True)")
             self.critic = strategy.optimized(
@@ -247,20 +247,23 @@ class EditorTrainer:
                 )
                 loss = loss + lc.vlm_weight * vlm
                 logs.update(vlm=vlm.item(), **probs)
-            # 3. DMD: teacher (CFG on the edited caption, stronger for remove/replace/style) vs the critic
-            scale = torch.tensor(
-                [lc.cfg_scale_strong if items[i]["type"] in lc.strong_types else lc.cfg_scale for i in edit],
-                device=self.device,
-            )
-            captions = [items[i]["edited_caption"] for i in edit]
-            fake = {"critic": self.critic.module if self.critic else None}
-            if lc.dmd_fake == "delta":  # the teacher's pull on the input (source caption) stands in for the critic
-                fake.update(reference=ref[edit], source_captions=[items[i]["source_caption"] for i in edit])
-            t_range = (lc.dmd_t_min, lc.dmd_t_max)
-            dmd = dmd_generator_loss(x0[edit], self.m.teacher, captions=captions, cfg_scale=scale, t_range=t_range,
-                                     generators=edit_gens, negative=lc.negative_prompt, **fake)  # fmt: skip
-            loss = loss + lc.dmd_weight * dmd
-            logs["dmd"] = dmd.item()
+            # 3. DMD: teacher (CFG on the edited caption, stronger for remove/replace/style) vs the critic (weight
+            #    0: the judge alone, the paper's "only VLM" ablation — no teacher call, no critic)
+            if lc.dmd_weight:
+                scale = torch.tensor(
+                    [lc.cfg_scale_strong if items[i]["type"] in lc.strong_types else lc.cfg_scale for i in edit],
+                    device=self.device,
+                )
+                captions = [items[i]["edited_caption"] for i in edit]
+                fake = {"critic": self.critic.module if self.critic else None}
+                if lc.dmd_fake == "delta":  # the teacher's pull on the input (source caption) stands in for the critic
+                    fake.update(reference=ref[edit], source_captions=[items[i]["source_caption"] for i in edit])
+                t_range = (lc.dmd_t_min, lc.dmd_t_max)
+                dmd = dmd_generator_loss(x0[edit], self.m.teacher, captions=captions, cfg_scale=scale,
+                                         t_range=t_range, generators=edit_gens, negative=lc.negative_prompt,
+                                         **fake)  # fmt: skip
+                loss = loss + lc.dmd_weight * dmd
+                logs["dmd"] = dmd.item()
         if nothing.any():  # 4. "do nothing": the output is the input
             keep = (x0[nothing] - ref[nothing]).square().mean()
             loss = loss + lc.do_nothing_weight * keep
@@ -356,10 +359,9 @@ class EditorTrainer:
             raise FileNotFoundError(f"{path}: no checkpoint to resume from (run without --resume first)")
         state = torch.load(path, map_location=self.device, weights_only=False)
         if self.critic is not None and state["critic"] is None and state["generator"] is not None:
-            raise ValueError(
-                f"{path}: the checkpoint has no critic (written with loss.dmd_fake = 'delta'); resume it "
-                "with loss.dmd_fake=delta"
-            )
+            written = state.get("config", {}).get("loss", {})
+            how = "loss.dmd_weight=0" if written.get("dmd_weight") == 0 else "loss.dmd_fake=delta"
+            raise ValueError(f"{path}: the checkpoint has no critic (written with {how}); resume it with {how}")
         # (a critic in the checkpoint of a run that has none is not needed)
         keys = {"gen": ("generator", "gen_opt"), "critic": ("critic", "critic_opt")}
         states = {n: {"module": state[keys[n][0]], "optimizer": state[keys[n][1]]} for n in self.trained}

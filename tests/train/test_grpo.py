@@ -66,7 +66,7 @@ def test_clipped_objective_gradient_is_ppos(delta, adv, clipped):
 def _grpo(models, out, **more):
     sets = tiny_overrides(models, out, trainer="grpo", batch=2, **{"grpo.group_size": 3, **more})
     cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", sets)
-    return GRPOTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic))
+    return GRPOTrainer(cfg, load_models(cfg.models, critic=cfg.uses_critic))
 
 
 def _metrics(path):

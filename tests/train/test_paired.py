@@ -23,8 +23,10 @@ from .conftest import tiny_overrides
 
 
 def test_paired_step_is_the_flow_loss_toward_the_true_edit(tiny_models, tmp_path):
-    cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(tiny_models, tmp_path))
+    sets = tiny_overrides(tiny_models, tmp_path, trainer="paired")
+    cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", sets)
     trainer = PairedTrainer(cfg, load_models(cfg.models))
+    assert trainer.critic is None  # supervised: no DMD, so no critic is built, trained or checkpointed
     step = cfg.copy_steps
     edits = [
         trainer.data.example(trainer.data.global_index(j))[0] for j in range(step * cfg.batch, (step + 1) * cfg.batch)

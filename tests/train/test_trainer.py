@@ -23,7 +23,7 @@ from .conftest import crash_then_resume, tiny_overrides
 
 def _trainer(models, out, **more):
     cfg = load_config(TrainConfig, "configs/shapes/editor.yaml", tiny_overrides(models, out, **more))
-    return EditorTrainer(cfg, load_models(cfg.models, critic=cfg.loss.uses_critic))
+    return EditorTrainer(cfg, load_models(cfg.models, critic=cfg.uses_critic))
 
 
 def _metrics(path):
@@ -250,6 +250,25 @@ def test_dmd_alone_does_not_run_the_judge(tiny_models, tmp_path):
     assert "vlm" in a and "vlm" not in b and "p_verify" not in b
     assert b["dmd"] == pytest.approx(a["dmd"], rel=1e-6) and b["critic"] == pytest.approx(a["critic"], rel=1e-6)
     assert b["loss"] == pytest.approx(with_judge.cfg.loss.dmd_weight * b["dmd"], rel=1e-6)
+
+
+def test_vlm_alone_runs_no_teacher_and_no_critic(tiny_models, tmp_path):
+    """``loss.dmd_weight: 0`` (the paper's "only VLM" ablation) builds and trains no critic and never calls the
+    teacher; its judge term equals that of a run with DMD (same seeds: DMD draws after the judge)."""
+    common = {"loss.do_nothing_prob": 0.0, "loss.pixel_identity_weight": 0.0}
+    with_dmd = _trainer(tiny_models, tmp_path / "a", **common)
+    vlm_only = _trainer(tiny_models, tmp_path / "b", **common, **{"loss.dmd_weight": 0.0})
+    assert with_dmd.critic is not None and vlm_only.critic is None and vlm_only.m.critic is None
+
+    def no_teacher(*a, **kw):
+        raise AssertionError("the teacher was called with loss.dmd_weight = 0")
+
+    vlm_only.m.teacher.velocity = no_teacher
+    vlm_only.step = with_dmd.step = with_dmd.cfg.copy_steps
+    a, b = with_dmd.edit_step(with_dmd.step), vlm_only.edit_step(vlm_only.step)
+    assert "dmd" in a and "critic" in a and "dmd" not in b and "critic" not in b
+    assert b["vlm"] == pytest.approx(a["vlm"], rel=1e-6)
+    assert b["loss"] == pytest.approx(vlm_only.cfg.loss.vlm_weight * b["vlm"], rel=1e-6)
 
 
 def test_delta_dmd_uses_the_source_caption_and_trains_no_critic(tiny_models, tmp_path, monkeypatch):
