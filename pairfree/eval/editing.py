@@ -244,6 +244,7 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
             + "DMD against the teacher (docs/design.md)."
         )
     editing = "supervised" if info.get("trainer") == "paired" else "pair-free"
+    ranked = info.get("ranks", 1) > 1  # batch and threads are per rank
     lines = [
         f"# {model_dir.resolve().name}",
         "",
@@ -253,7 +254,7 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
         "",
         f"- teacher `{models.get('teacher', '?')}`, judge `{models.get('judge', '?')}`, "
         f"{models.get('resolution', '?')}² pixels; batch {cfg.get('batch', '?')}"
-        + (f" per rank × {info['ranks']} ranks" if info.get("ranks", 1) > 1 else ""),
+        + (f" per rank × {info['ranks']} ranks" if ranked else ""),
         f"- steps: {info.get('copy_steps', '?')} reference-copy + {info.get('edit_steps', '?')} {editing} editing "
         f"({info.get('skipped', 0)} skipped updates)",
         (
@@ -265,7 +266,7 @@ def write_editor_card(model_dir, results: dict, bench_dir, command: str) -> Path
         )
         + f"; lr {cfg.get('optim', {}).get('lr', '?')}",
         f"- wall time: {info.get('wall_min', '?')} min on this CPU ({info.get('threads', '?')} thread(s)"
-        + (" per rank" if info.get("ranks", 1) > 1 else "")
+        + (" per rank" if ranked else "")
         + "), "
         f"{info.get('date', '?')}",
         "",
