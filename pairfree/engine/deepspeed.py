@@ -142,8 +142,8 @@ class DeepSpeedStrategy(Strategy):
             t.keep_config_hyperparameters()
 
     def close(self) -> None:
-        """Leave the launcher's process group together: a rank that exits while another still tears down its
-        gloo threads can abort ("terminate called without an active exception", seen once in a 2-rank CPU test)."""
+        """Leave the launcher's process group together (after a barrier). The rank then ends without the
+        interpreter's teardown (``pairfree.train.run.leave_launched_rank``), where gloo's threads can abort it."""
         self.ranks.close()
 
 

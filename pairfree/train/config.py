@@ -167,9 +167,8 @@ class DataConfig:
     # the lite yardstick at 0.3 and 0.6: no gain on the benchmark's new phrasings, docs/experiments/lite-world.md)
     word_dropout_scope: str = "all"
     # world data: the training phrasings the generator reads, "train" or "wide" (more phrasings from one grammar, so
-    # a verb no longer names the edit type; pairfree.world.edits; the judge reads them in its questions too). The
-    # lite yardstick, 2 ranks, 30 min: 0.800 / 0.715 on the benchmark over two seeds, "train" 0.615 / 0.635;
-    # configs/lite/*.yaml use "wide")
+    # a verb no longer names the edit type; pairfree.world.edits; the judge reads them in its questions too;
+    # configs/lite/*.yaml use "wide"; measured in docs/experiments/lite-world.md)
     templates: str = "train"
 
     def __post_init__(self):
