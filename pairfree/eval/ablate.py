@@ -132,6 +132,10 @@ def read_row(row: Row, seed: int, out: Path) -> dict:
     run = out / row.name / f"seed{seed}"
     metrics = json.loads((run / "eval" / "metrics.json").read_text())["editor"]
     result = {"metrics": metrics, "commands": json.loads((run / "row.json").read_text())["commands"]}
+    made = Path(row.given or run / "model") / "train.json"
+    if made.is_file():  # the row's budget: its updates (copy warm-up included), wall minutes and ranks
+        record = json.loads(made.read_text())
+        result["budget"] = {k: record.get(k) for k in ("step", "copy_steps", "wall_min", "ranks")}
     if (run / "eval_best" / "metrics.json").is_file():  # the best checkpoint on the validation edits
         best = json.loads((run / "eval_best" / "metrics.json").read_text())["editor"]["overall"]
         step = json.loads((run / "best" / "best.json").read_text())["step"]
@@ -156,6 +160,7 @@ def summarise(row: Row, runs: dict[int, dict]) -> dict:
     if all("best" in r for r in runs.values()):  # last vs best: reward hacking shows as best > last
         best = {m: statistics.fmean(r["best"][m] for r in runs.values()) for m in METRICS}
         best["steps"] = [r["best"]["step"] for _, r in sorted(runs.items())]
+    budgets = [r.get("budget") for _, r in sorted(runs.items())]
     return {
         "name": row.name,
         "what": row.what,
@@ -164,6 +169,7 @@ def summarise(row: Row, runs: dict[int, dict]) -> dict:
         "spread": spread,
         "per_type": {k: stats(k)[0] for k in kinds},
         "best": best,
+        "budget": budgets if all(budgets) else None,
         "commands": {str(s): r["commands"] for s, r in sorted(runs.items())},
     }
 
@@ -184,6 +190,7 @@ def baseline_rows(bench: str, out: Path) -> list[dict]:
             "spread": {m: 0.0 for m in METRICS},
             "per_type": {k: {m: v[m] for m in METRICS} for k, v in r.items() if k != "overall"},
             "best": None,
+            "budget": None,
             "commands": {"-": [command]},
         }
         for name, r in results.items()
@@ -194,13 +201,25 @@ def _fmt(x, digits=3):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def _budget(budgets: list[dict] | None) -> str:
+    """Each seed's generator updates and training wall minutes (× ranks when several), e.g. ``6,969 (29.9 ×2)``."""
+    if not budgets:
+        return "—"
+    cells = []
+    for b in budgets:
+        ranks = b.get("ranks") or 1
+        cells.append(f"{b['step']:,} ({b['wall_min']:g}{f' ×{ranks}' if ranks > 1 else ''})")
+    return ", ".join(cells)
+
+
 def markdown(table: dict) -> str:
     kinds = list(next(iter(table["rows"]))["per_type"])
     bests = any(r.get("best") for r in table["rows"])
-    head = ["row", "what", "seeds", *METRICS, *(["best checkpoint (step): complete edit"] if bests else []), *kinds]
+    head = ["row", "what", "seeds", "updates (minutes)", *METRICS,
+            *(["best checkpoint (step): complete edit"] if bests else []), *kinds]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in table["rows"]:
-        cells = [f"`{r['name']}`", r["what"], ",".join(map(str, r["seeds"])) or "—"]
+        cells = [f"`{r['name']}`", r["what"], ",".join(map(str, r["seeds"])) or "—", _budget(r.get("budget"))]
         for m in METRICS:
             d = 1 if m.startswith("PSNR") else 3
             s = r["spread"][m]

@@ -89,6 +89,11 @@ def test_rl_table_starts_grpo_and_npedit_from_the_supervised_model(tiny_models, 
         assert record["copy_steps"] == 0
     npedit = json.loads((runs / "npedit" / "seed0" / "model" / "train.json").read_text())
     assert npedit["config"]["models"]["generator"] == "" and npedit["copy_steps"] == 2
+    # each row states its budget: the updates (copy warm-up included) and wall minutes its model's train.json says
+    rows = {r["name"]: r for r in table["rows"]}
+    assert rows["npedit"]["budget"] == [{k: npedit[k] for k in ("step", "copy_steps", "wall_min", "ranks")}]
+    assert rows["identity"]["budget"] is None
+    assert f"| {npedit['step']:,} ({npedit['wall_min']:g}) |" in (tmp_path / "results" / "table.md").read_text()
 
     # --sft: a model trained beforehand is the supervised row (evaluated, not retrained) and the start of the others;
     # --grpo-config: Flow-GRPO trains with its own config (here: another learning rate)
@@ -117,6 +122,7 @@ def test_rl_table_starts_grpo_and_npedit_from_the_supervised_model(tiny_models, 
     assert not (again / "runs" / "supervised" / "seed0" / "checkpoint.pt").exists()
     sft_command = json.loads((runs / "supervised" / "seed0" / "model" / "train.json").read_text())["command"]
     assert given["supervised"]["commands"]["0"][0] == sft_command
+    assert given["supervised"]["budget"] == rows["supervised"]["budget"]  # a given SFT: its own training's budget
     for name, lr in [("supervised_npedit", 5.0e-4), ("supervised_grpo", 1.25e-4)]:
         record = json.loads((again / "runs" / name / "seed0" / "model" / "train.json").read_text())
         assert record["config"]["models"]["generator"] == sft and record["config"]["optim"]["lr"] == lr
