@@ -4,7 +4,9 @@
 # edit — how fast this generator can learn edits at all) and (b) the pair-free editor (`pairfree train`), each read
 # on the 200-edit held-out benchmark by the independent evaluator; ends with a short table. The pair-free model
 # comes back under $OUT/editor_model. Knobs (env): COPY_MIN, PAIRED_MIN, EDIT_MIN (minutes per stage: 1.5 / 2 / 3),
-# BATCH (64), DEVICE (cuda; cpu to try the script on a CPU), EXTRA (more --set overrides for the pair-free run, e.g. "loss.vlm_weight=0.1 loss.dmd_weight=1.0").
+# BATCH (64), DEVICE (cuda; cpu to try the script on a CPU), CFG (configs/lite/editor.yaml: the lite world, whose
+# models meet their bars; configs/shapes/editor.yaml for the full world), EXTRA (more --set overrides for the
+# pair-free run, e.g. "loss.vlm_weight=0.1 loss.dmd_weight=1.0").
 # No extension build: CUDA tensors take the Triton kernels (a 5-step smoke run first; if it fails, every run falls
 # back to PAIRFREE_BACKEND=reference and the table says so). Nothing is installed: run it where torch,
 # transformers, safetensors, tokenizers, tqdm, matplotlib and pyyaml are (the device machines have them).
@@ -16,15 +18,16 @@ PAIRED_MIN=${PAIRED_MIN:-2}
 EDIT_MIN=${EDIT_MIN:-3}
 BATCH=${BATCH:-64}
 EXTRA=${EXTRA:-}
-CFG=configs/shapes/editor.yaml
+CFG=${CFG:-configs/lite/editor.yaml}
 RUNS=${RUNS:-/tmp/pairfree_gpu_editor}
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 train() { $PY -m pairfree.cli train --config $CFG "$@"; }
 common=(batch=$BATCH threads=0 prefetch=4 log_every=50 sample_every=0 ckpt_every=500 device=${DEVICE:-cuda})
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-$PY -m pairfree.cli world bench --out "$RUNS/bench" --n-per-type 25 --seed 0 >"$OUT/bench.log" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
+world=$($PY -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1])).get('world', 'full'))" "$CFG")  # the bench's spec
+$PY -m pairfree.cli world bench --spec "$world" --out "$RUNS/bench" --n-per-type 25 --seed 0 >"$OUT/bench.log" 2>&1
 
 backend=auto
 train --set out=$RUNS/smoke "${common[@]}" copy_steps=2 steps=3 ckpt_every=100 >"$OUT/smoke.log" 2>&1
@@ -61,7 +64,7 @@ for run in copy paired editor; do cp "$RUNS/$run/metrics.jsonl" "$OUT/metrics_$r
 cp "$RUNS/editor/loss.png" "$OUT/editor_loss.png" 2>/dev/null
 
 echo
-echo "== summary ($(cat "$OUT/gpu.txt" | head -1); batch $BATCH; kernels: $backend; copy $copied steps) =="
+echo "== summary ($(head -1 "$OUT/gpu.txt"); $CFG; batch $BATCH; kernels: $backend; copy $copied steps) =="
 $PY - "$OUT" "$RUNS" <<'EOF'
 import json, sys, torch
 from pathlib import Path
