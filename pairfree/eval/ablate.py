@@ -267,12 +267,18 @@ def plot(table: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def budget_note(cfg: TrainConfig) -> str:
-    """What the rows share: their steps (the default), or their training minutes when ``max_minutes`` is set."""
-    if cfg.max_minutes:
-        minutes, steps = f"{cfg.max_minutes:g}", cfg.steps
-        return f"Equal wall time: every row trains for {minutes} minutes (at most {steps} steps), same seeds."
-    return f"Equal compute: every row runs the same {cfg.steps} steps, batch and seeds."
+def budget_note(rows: list[dict]) -> str:
+    """What the trained rows' budgets (their ``train.json``) share: the same number of updates, about the same wall
+    time, or neither (rows gathered from several commands, or an SFT given with ``--sft``)."""
+    budgets = [b for r in rows if r.get("budget") for b in r["budget"]]
+    if not budgets:
+        return "No row states its budget."
+    steps, minutes = {b["step"] for b in budgets}, [b["wall_min"] * (b.get("ranks") or 1) for b in budgets]
+    if len(steps) == 1:
+        return f"Equal compute: every row made the same {steps.pop():,} updates."
+    if max(minutes) - min(minutes) <= 0.05 * max(minutes):
+        return f"Equal wall time: every row trained for about {max(minutes):.3g} core-minutes."
+    return "The rows' budgets differ: see each row's updates (minutes) column."
 
 
 def ablate(args) -> dict:
@@ -301,14 +307,15 @@ def ablate(args) -> dict:
     finished = {  # every row with a finished seed so far (this command's and those of others on the same --out)
         r.name: {s: read_row(r, s, out) for s in range(args.seeds) if done(out / r.name / f"seed{s}")} for r in rows
     }
+    trained = [summarise(r, finished[r.name]) for r in rows if finished[r.name]]
     table = {
         "config": args.config,
         "overrides": base,
         "bench": args.bench,
-        "note": f"{budget_note(load_config(TrainConfig, args.config, base))} Quality is read by the evaluator on "
-        "the held-out benchmark, never by the judge trained against.",
+        "note": f"{budget_note(trained)} Quality is read by the evaluator on the held-out benchmark, never by the "
+        "judge trained against.",
         "missing": [r.name for r in rows if not finished[r.name]],
-        "rows": [summarise(r, finished[r.name]) for r in rows if finished[r.name]] + baseline_rows(args.bench, out),
+        "rows": trained + baseline_rows(args.bench, out),
     }
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)

@@ -137,11 +137,15 @@ def test_sft_model_is_only_for_the_rl_table(tiny_models, bench_dir, tmp_path, ca
 
 
 def test_table_note_names_the_budget_the_rows_share():
-    from pairfree.config import load_config
     from pairfree.eval.ablate import budget_note
-    from pairfree.train.config import TrainConfig
 
-    steps = budget_note(load_config(TrainConfig, "configs/lite/editor.yaml", ["max_minutes=0", "steps=700"]))
-    assert steps.startswith("Equal compute: every row runs the same 700 steps")
-    timed = budget_note(load_config(TrainConfig, "configs/lite/editor.yaml", ["max_minutes=25", "steps=5000"]))
-    assert timed.startswith("Equal wall time: every row trains for 25 minutes (at most 5000 steps)")
+    def row(*budgets):
+        return {"budget": [{"step": s, "copy_steps": 0, "wall_min": m, "ranks": r} for s, m, r in budgets]}
+
+    same_steps = [row((700, 3.0, 1), (700, 3.4, 1)), row((700, 9.0, 1)), {"budget": None}]
+    assert budget_note(same_steps) == "Equal compute: every row made the same 700 updates."
+    same_time = [row((1284, 25.0, 1)), row((1030, 25.0, 1), (1047, 24.6, 1))]
+    assert budget_note(same_time) == "Equal wall time: every row trained for about 25 core-minutes."
+    assert budget_note([row((1284, 12.5, 2)), row((1030, 25.0, 1))]).startswith("Equal wall time")  # 2 ranks
+    assert budget_note([row((6969, 29.9, 2)), row((400, 6.2, 1))]).startswith("The rows' budgets differ")
+    assert budget_note([{"budget": None}]) == "No row states its budget."
