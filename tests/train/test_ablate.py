@@ -136,6 +136,21 @@ def test_sft_model_is_only_for_the_rl_table(tiny_models, bench_dir, tmp_path, ca
     assert "--sft" in capsys.readouterr().err
 
 
+def test_measured_order_against_the_papers():
+    from pairfree.eval.ablate import measured_order
+
+    def rows(npedit, grpo, sft):
+        names = ("supervised_npedit", "supervised_grpo", "supervised")
+        return [{"name": n, "overall": {"complete edit": v}} for n, v in zip(names, (npedit, grpo, sft))]
+
+    assert measured_order("rl", rows(0.7, 0.6, 0.5)).endswith("(as the paper's).")
+    differs = measured_order("rl", rows(0.827, 0.785, 0.8))
+    assert differs.startswith("Measured order on complete edit: `supervised_npedit` 0.827 > `supervised` 0.800 > ")
+    assert differs.endswith("(the paper's is `supervised_npedit` > `supervised_grpo` > `supervised`).")
+    assert measured_order("rl", rows(0.7, 0.6, 0.5)[:2]) == ""  # a row missing: no claim
+    assert measured_order("ablations", rows(0.7, 0.6, 0.5)) == ""
+
+
 def test_table_note_names_the_budget_the_rows_share():
     from pairfree.eval.ablate import budget_note
 
